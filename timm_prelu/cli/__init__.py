@@ -1,0 +1,43 @@
+"""`timm-prelu`: one subcommand per module of this package.
+
+Each module defines ``register(subparsers)`` that adds its parser and sets ``func`` to a function taking the
+parsed args. Modules are found by name, so adding a subcommand is adding a file.
+"""
+import argparse
+import importlib
+import pkgutil
+import sys
+from typing import List, Optional
+
+from ..errors import UserError
+
+__all__ = ['main', 'build_parser']
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='timm-prelu', description='PReLU-nets (He et al., ICCV 2015) for timm: models, init, training, '
+                                       'hub publishing, ONNX export and multi-scale inference.')
+    subparsers = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name.startswith('_'):
+            continue
+        module = importlib.import_module(f'{__name__}.{info.name}')
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except UserError as e:
+        print(f'timm-prelu {args.command}: error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f'timm-prelu {args.command}: interrupted', file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())

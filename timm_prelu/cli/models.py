@@ -1,0 +1,15 @@
+"""`timm-prelu models`: the registered PReLU-nets with their complexity beside the paper's Table 3."""
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser('models', help='list the PReLU-nets with params and GMACs vs the paper')
+    p.add_argument('--img-size', type=int, default=224, help='input side for the multiply-add count')
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import timm_prelu  # noqa: F401  (registers the models)
+    from ..complexity import complexity_table, format_markdown_table
+    print(format_markdown_table(complexity_table(img_size=args.img_size)))
+    return 0

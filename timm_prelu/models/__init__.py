@@ -1,0 +1,1 @@
+from .prelu_net import HUB_ORG, PReLUNet, min_input_size, prelu_model_a, prelu_model_b, prelu_model_c
