@@ -1,0 +1,63 @@
+"""Shared fixtures: a real image dataset (scikit-learn's digits) and one real run of upstream timm train.py."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Workplace copy of upstream train.py (unmodified, Apache-2.0); users point TIMM_TRAIN_SCRIPT at their checkout.
+SHARED_TRAIN_SCRIPT = REPO_ROOT.parent / 'shared' / 'pytorch-image-models' / 'train.py'
+os.environ.setdefault('TIMM_TRAIN_SCRIPT', str(SHARED_TRAIN_SCRIPT))
+
+# The narrow PReLU-net the tests train: the paper's structure at 1/8 width and a 64-wide fc head.
+TINY_MODEL = 'prelu_model_a'
+TINY_KWARGS = {'width_mult': 0.125, 'fc_dim': 64}
+TINY_IMG_SIZE = 32
+NUM_CLASSES = 10
+
+
+@pytest.fixture(scope='session')
+def digits_folder(tmp_path_factory) -> Path:
+    """train/ and val/ ImageFolders of 32x32 RGB digits, 30 images per class."""
+    from timm_prelu.datasets import make_digits_imagefolder
+    root = tmp_path_factory.mktemp('digits')
+    make_digits_imagefolder(root, size=TINY_IMG_SIZE, per_class=30, val_fraction=0.3, seed=0)
+    return root
+
+
+@pytest.fixture(scope='session')
+def train_script() -> Path:
+    path = Path(os.environ['TIMM_TRAIN_SCRIPT'])
+    if not path.is_file():
+        pytest.fail(f'upstream timm train.py not found at {path}: set TIMM_TRAIN_SCRIPT')
+    return path
+
+
+def train_py_args(data: Path, output: Path, epochs: int = 2, experiment: str = 'run') -> list:
+    """Flags for one single-process CPU run of upstream train.py on the tiny model."""
+    kwargs = [f'{k}={v}' for k, v in TINY_KWARGS.items()]
+    return [
+        '--data-dir', str(data), '--train-split', 'train', '--val-split', 'val',
+        '--model', TINY_MODEL, '--model-kwargs', *kwargs, '--num-classes', str(NUM_CLASSES),
+        '--img-size', str(TINY_IMG_SIZE), '-b', '32', '--epochs', str(epochs),
+        '--opt', 'sgd', '--lr', '0.02', '--momentum', '0.9', '--weight-decay', '5e-4',
+        '--sched', 'plateau', '--warmup-epochs', '0', '--seed', '0',
+        '--device', 'cpu', '--device-modules', 'timm_prelu', '-j', '0', '--no-prefetcher',
+        '--output', str(output), '--experiment', experiment, '--log-interval', '5',
+    ]
+
+
+@pytest.fixture(scope='session')
+def trained_run(digits_folder, train_script, tmp_path_factory) -> dict:
+    """One real 2-epoch run of upstream train.py; returns where its checkpoints are and how it was built."""
+    output = tmp_path_factory.mktemp('train')
+    proc = subprocess.run([sys.executable, str(train_script), *train_py_args(digits_folder, output)],
+                          capture_output=True, text=True, cwd=output)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {
+        'dir': output / 'run', 'log': proc.stdout + proc.stderr, 'data': digits_folder,
+        'model': TINY_MODEL, 'model_kwargs': dict(TINY_KWARGS), 'num_classes': NUM_CLASSES,
+        'img_size': TINY_IMG_SIZE,
+    }
