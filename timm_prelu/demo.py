@@ -1,0 +1,309 @@
+"""The main job: from nothing to a served, multi-scale PReLU-net in one command, on a laptop-class CPU.
+
+Stages: real images (scikit-learn's digits) as ImageFolders -> a narrow ``prelu_model_a`` and its ReLU twin trained
+by upstream timm ``train.py`` with the paper's recipe scaled down -> hub layout folder (``push --dry-run``) ->
+loaded back through ``timm.create_model(pretrained=True)`` -> ONNX export, parity, and the paper's multi-scale,
+multi-view evaluation with ONNX Runtime -> ``report.md`` with a Table-6-shaped table, slopes and plots.
+"""
+import json
+import re
+import shlex
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import UserError
+from .evaluation import MULTI_SCALE
+from .output_dir import finished_output_dir
+from .stage_timer import StageTimer
+
+__all__ = ['DemoConfig', 'run_demo', 'ACTS']
+
+ACTS = ('relu', 'prelu')  # the paper's comparison: same architecture, ReLU vs channel-wise PReLU
+MODEL = 'prelu_model_a'
+REPO_ID = 'timm-prelu/prelu_model_a-digits-demo'
+
+
+@dataclass
+class DemoConfig:
+    """What the demo builds. Defaults fit 10 minutes on 2 CPU cores; ``quick()`` is what CI runs."""
+    out: Path = Path('demo-run')
+    overwrite: bool = False
+    seed: int = 0
+    img_size: int = 32  # the digits' "224": training crops, so dense windows are img_size / 16 cells
+    width_mult: float = 0.25
+    fc_dim: int = 256
+    epochs: int = 12
+    batch_size: int = 64
+    per_class: int = 0  # 0: all 1,797 digits
+    scales: Tuple[int, ...] = (37, 55, 69)  # the paper's 256 / 384 / 480 for 224 crops, scaled to 32 px crops
+    views: Tuple[str, ...] = ('center', 'full', 'dense')
+    parity_sizes: Tuple[Tuple[int, int], ...] = ((16, 16), (32, 32), (37, 50), (69, 92))
+    timm_script: Optional[str] = None
+    repo_id: Optional[str] = None  # upload for real when given (needs a token)
+    providers: str = 'auto'
+    extra: Dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def quick(cls, **kwargs) -> 'DemoConfig':
+        defaults = dict(width_mult=0.125, fc_dim=64, epochs=2, per_class=40, scales=(32, 48),
+                        parity_sizes=((16, 16), (32, 32), (37, 50)))
+        return cls(**{**defaults, **kwargs})
+
+    @property
+    def model_kwargs(self) -> Dict[str, object]:
+        return {'width_mult': self.width_mult, 'fc_dim': self.fc_dim}
+
+
+def _train_args(cfg: DemoConfig, data: Path, out: Path, act: str) -> List[str]:
+    """The project's recipe, scaled to 32 px digits on a CPU: only sizes, schedule length and device change."""
+    kwargs = [f'{k}={v}' for k, v in {**cfg.model_kwargs, 'act': act}.items()]
+    return [
+        '--data-dir', str(data), '--train-split', 'train', '--val-split', 'val',
+        '--model', MODEL, '--model-kwargs', *kwargs, '--num-classes', '10',
+        '--img-size', str(cfg.img_size), '-b', str(cfg.batch_size), '--epochs', str(cfg.epochs),
+        '--patience-epochs', '2', '--seed', str(cfg.seed),
+        '--device', 'cpu', '-j', '0', '--no-prefetcher', '--pin-mem', 'false',
+        '--output', str(out), '--experiment', act, '--log-interval', '1000', '--checkpoint-hist', '1',
+    ]
+
+
+def _run_train(cfg: DemoConfig, data: Path, out: Path, act: str) -> Path:
+    """Run train.py for one activation with a per-epoch progress bar; returns its experiment folder."""
+    from tqdm import tqdm
+    from .training import build_train_command
+    command = build_train_command(_train_args(cfg, data, out, act), recipe=MODEL, script=cfg.timm_script)
+    log_path = out / f'{act}.log'
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    epoch_line = re.compile(r'^Test: \[\s*(\d+)/(\d+)\]')  # the last validation line of each epoch
+    with open(log_path, 'w') as log, tqdm(total=cfg.epochs, desc=f'train {act}', unit='epoch') as bar:
+        log.write(shlex.join(command) + '\n')
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            log.write(line)
+            m = epoch_line.match(line)
+            if m and m.group(1) == m.group(2):
+                bar.update(1)
+        code = proc.wait()
+    if code != 0:
+        tail = ''.join(log_path.read_text().splitlines(keepends=True)[-15:])
+        raise UserError(f'train.py failed for {act} (exit {code}); last lines of {log_path}:\n{tail}')
+    return out / act
+
+
+def _epoch_losses(run_dir: Path) -> Dict[str, List[float]]:
+    import csv
+    with open(run_dir / 'summary.csv') as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows] for k in ('train_loss', 'eval_loss', 'eval_top1', 'eval_top5')}
+
+
+def _val_batch(data: Path, size: int, n: int = 32) -> 'torch.Tensor':
+    import torch
+    from PIL import Image
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    files = sorted((data / 'val').glob('*/*.png'))[:n]
+    x = np.stack([np.asarray(Image.open(f).convert('RGB').resize((size, size)), dtype=np.float32) / 255 for f in files])
+    x = (x - np.array(IMAGENET_DEFAULT_MEAN, dtype=np.float32)) / np.array(IMAGENET_DEFAULT_STD, dtype=np.float32)
+    return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+
+
+def _load_back(cfg: DemoConfig, hub_dir: Path, checkpoint: Path, act: str, x) -> Dict[str, float]:
+    """timm.create_model(pretrained=True) from the hub folder's weights vs the train.py checkpoint."""
+    import timm
+    import torch
+    from .checkpoints import create_model_from_checkpoint, read_checkpoint
+    trained = create_model_from_checkpoint(read_checkpoint(checkpoint))
+    loaded = timm.create_model(MODEL, pretrained=True, num_classes=10, act=act, **cfg.model_kwargs,
+                               pretrained_cfg_overlay=dict(file=str(hub_dir / 'model.safetensors'))).eval()
+    with torch.no_grad():
+        diff = (trained(x) - loaded(x)).abs().max().item()
+    if diff != 0.0:
+        raise UserError(f'the hub folder in {hub_dir} does not reproduce the trained {act} model (max |diff| {diff})')
+    return {'max_abs_logit_diff': diff}
+
+
+def _onnx_parity(cfg: DemoConfig, onnx_path: Path, hub_dir: Path, act: str) -> Dict[str, float]:
+    """Max |ONNX Runtime - PyTorch| logits at several input sizes, batch 3."""
+    import timm
+    import torch
+    from .onnx_runtime import OnnxModel
+    model = timm.create_model(MODEL, pretrained=True, num_classes=10, act=act, **cfg.model_kwargs,
+                              pretrained_cfg_overlay=dict(file=str(hub_dir / 'model.safetensors'))).eval()
+    session = OnnxModel(onnx_path, providers=cfg.providers)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    worst = {}
+    for h, w in cfg.parity_sizes:
+        x = torch.randn(3, 3, h, w, generator=gen)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        worst[f'{h}x{w}'] = float(np.abs(session.run(x.numpy()) - ref).max())
+    return worst
+
+
+def _table6(results: Dict[str, List[Dict]], view: str) -> str:
+    """Paper Table 6 layout: one row per scale (+ multi-scale), ReLU / PReLU top-1 and top-5 error."""
+    lines = ['| scale s | ReLU top-1 | ReLU top-5 | PReLU top-1 | PReLU top-5 |', '|---|---|---|---|---|']
+    by = {act: {str(r['scale']): r for r in rows if r['view'] == view} for act, rows in results.items()}
+    for scale in by['prelu']:
+        cells = [f'{by[a][scale][k]:.2f}' for a in ACTS for k in ('top1_err', 'top5_err')]
+        lines.append(f'| {scale} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def _plots(out: Path, losses: Dict[str, Dict[str, List[float]]], results: Dict[str, List[Dict]],
+           slopes: List[Dict], views: Sequence[str]) -> Dict[str, str]:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    files = {}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for act in ACTS:
+        epochs = range(1, len(losses[act]['train_loss']) + 1)
+        ax.plot(epochs, losses[act]['train_loss'], label=f'{act} train')
+        ax.plot(epochs, losses[act]['eval_loss'], '--', label=f'{act} val')
+    ax.set(xlabel='epoch', ylabel='cross-entropy loss', title='Training: ReLU vs PReLU (model A, narrow)')
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / 'loss_curves.png', dpi=110)
+    files['loss curves'] = 'loss_curves.png'
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    depth = range(1, len(slopes) + 1)
+    ax.plot(depth, [s['mean'] for s in slopes], 'o-', label='mean slope')
+    ax.fill_between(depth, [s['min'] for s in slopes], [s['max'] for s in slopes], alpha=0.25, label='min..max')
+    ax.axhline(0.25, color='grey', lw=0.8, ls=':', label='init 0.25')
+    ax.set(xlabel='layer (depth order)', ylabel='PReLU slope a', title='Learned PReLU slopes by depth')
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / 'slopes_by_depth.png', dpi=110)
+    files['slopes by depth'] = 'slopes_by_depth.png'
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for act in ACTS:
+        for view in views:
+            rows = [r for r in results[act] if r['view'] == view]
+            ax.plot([str(r['scale']) for r in rows], [r['top1_err'] for r in rows], 'o-', label=f'{act} {view}')
+    ax.set(xlabel='test scale (shorter side, px)', ylabel='top-1 error (%)', title='Error by scale')
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / 'error_by_scale.png', dpi=110)
+    files['error by scale'] = 'error_by_scale.png'
+    plt.close(fig)
+    return files
+
+
+def _slope_rows(checkpoint: Path) -> List[Dict]:
+    """Per-layer PReLU slope statistics of a checkpoint, in depth order."""
+    import torch.nn as nn
+    from .checkpoints import create_model_from_checkpoint, read_checkpoint
+    model = create_model_from_checkpoint(read_checkpoint(checkpoint))
+    rows = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.PReLU):
+            w = m.weight.detach()
+            rows.append({'layer': name, 'mean': float(w.mean()), 'min': float(w.min()), 'max': float(w.max())})
+    return rows
+
+
+def _report(cfg: DemoConfig, timer: StageTimer, results: Dict, losses: Dict, slopes: List[Dict],
+            parity: Dict, plots: Dict[str, str], provider: str, uploaded: Optional[str]) -> str:
+    prelu_ms = next(r for r in results['prelu'] if r['view'] == 'dense' and r['scale'] == MULTI_SCALE)
+    relu_ms = next(r for r in results['relu'] if r['view'] == 'dense' and r['scale'] == MULTI_SCALE)
+    delta = relu_ms['top1_err'] - prelu_ms['top1_err']
+    lines = [
+        '# timm-prelu demo report', '',
+        f'Data: scikit-learn digits (real 8x8 scans) upsampled to {cfg.img_size} px, train/val ImageFolders. '
+        f'Model: `{MODEL}` with {cfg.model_kwargs} (the paper\'s structure, narrow), ReLU twin `act=relu`. '
+        f'Trained {cfg.epochs} epochs with upstream timm `train.py` and the project\'s recipe; seed {cfg.seed}.', '',
+        f'Multi-scale dense top-1 error: PReLU {prelu_ms["top1_err"]:.2f}%, ReLU {relu_ms["top1_err"]:.2f}% '
+        f'(PReLU {"better" if delta > 0 else "worse" if delta < 0 else "equal"} by {abs(delta):.2f} points, '
+        f'one seed; a single run on {prelu_ms["images"]} images, so differences of a few points are noise).', '',
+    ]
+    for view in cfg.views:
+        lines += [f'## Table 6 layout, {view} view{"s" if view == "dense" else ""}, flip on '
+                  f'(top-1 / top-5 error %, ONNX Runtime {provider})', '', _table6(results, view), '']
+    lines += ['## Learned PReLU slopes (PReLU model)', '',
+              '| layer | mean | min | max |', '|---|---|---|---|']
+    lines += [f'| {s["layer"]} | {s["mean"]:.3f} | {s["min"]:.3f} | {s["max"]:.3f} |' for s in slopes]
+    lines += ['', '## ONNX Runtime vs PyTorch (max |logit diff|, batch 3)', '',
+              '| size | ' + ' | '.join(ACTS) + ' |', '|---|' + '---|' * len(ACTS)]
+    for size in parity['prelu']:
+        lines.append(f'| {size} | ' + ' | '.join(f'{parity[a][size]:.2e}' for a in ACTS) + ' |')
+    lines += ['', '## Plots', ''] + [f'![{k}]({v})' for k, v in plots.items()]
+    lines += ['', '## Time per stage', '', '| stage | seconds |', '|---|---|']
+    lines += [f'| {k} | {v:.1f} |' for k, v in timer.seconds.items()]
+    lines += [f'| total | {timer.total:.1f} |', '']
+    lines += ['## Where things are', '',
+              '- `data/`: the ImageFolders; `train/<act>/`: train.py output (checkpoints, summary.csv, args.yaml) '
+              'and `train/<act>.log`', '- `hub/<act>/`: hub layout (config.json, model.safetensors, README.md)',
+              '- `onnx/<act>.onnx` (+ backbone / head graphs for dense views)',
+              '- `eval/<act>/`: table (Markdown, CSV), per-image predictions',
+              f'- uploaded: {uploaded or "no (give --repo-id and a token to upload)"}', '']
+    return '\n'.join(lines)
+
+
+def run_demo(cfg: DemoConfig) -> Path:
+    """Run every stage into ``cfg.out`` (refused if it exists, unless ``overwrite``); returns the folder."""
+    import os
+    import timm_prelu  # noqa: F401  (registers the models)
+    from .datasets import make_digits_imagefolder
+    from .evaluation import evaluate_folder
+    from .hub import build_hub_folder, push_checkpoint
+    from .inference import MultiScalePredictor, OnnxBackend
+    from .onnx_export import export_onnx
+    from .training import find_train_script
+    find_train_script(cfg.timm_script)  # fail before doing any work
+    timer = StageTimer()
+    final = Path(cfg.out).resolve()
+    with finished_output_dir(final, overwrite=cfg.overwrite) as out:
+        with timer.stage('1/6 data: scikit-learn digits -> train/val ImageFolders'):
+            data = out / 'data'
+            split = make_digits_imagefolder(data, size=cfg.img_size, per_class=cfg.per_class, seed=cfg.seed)
+            counts = {k: sum(1 for _ in v.glob('*/*.png')) for k, v in split.items()}
+            print(f'{counts["train"]} train / {counts["val"]} val images, 10 classes')
+        with timer.stage('2/6 train: upstream timm train.py, ReLU and PReLU'):
+            runs = {act: _run_train(cfg, data, out / 'train', act) for act in ACTS}
+            losses = {act: _epoch_losses(run) for act, run in runs.items()}
+            checkpoints = {act: run / 'model_best.pth.tar' for act, run in runs.items()}
+            for act in ACTS:
+                print(f'{act}: val top-1 by epoch {[round(v, 1) for v in losses[act]["eval_top1"]]}')
+        with timer.stage('3/6 publish: hub layout folders (push --dry-run)'):
+            hub_dirs = {act: build_hub_folder(checkpoints[act], out / 'hub' / act, f'{REPO_ID}-{act}')
+                        for act in ACTS}
+            uploaded = None
+            if cfg.repo_id:
+                uploaded = push_checkpoint(checkpoints['prelu'], cfg.repo_id)
+                print(f'uploaded: {uploaded}')
+        with timer.stage('4/6 load back: timm.create_model(pretrained=True) == trained model'):
+            x = _val_batch(data, cfg.img_size)
+            load_back = {act: _load_back(cfg, hub_dirs[act], checkpoints[act], act, x) for act in ACTS}
+            print('logits identical to the trained checkpoints for both models')
+        with timer.stage('5/6 ONNX: export, parity, multi-scale multi-view evaluation with ONNX Runtime'):
+            onnx_paths, parity, results, provider = {}, {}, {}, ''
+            (out / 'onnx').mkdir()
+            for act in ACTS:
+                onnx_paths[act] = export_onnx(hub_dirs[act], out / 'onnx' / f'{act}.onnx', split=True).model
+                parity[act] = _onnx_parity(cfg, onnx_paths[act], hub_dirs[act], act)
+                print(f'{act}: max |ONNX - PyTorch| {max(parity[act].values()):.2e} at {list(parity[act])}')
+                predictor = MultiScalePredictor(OnnxBackend(onnx_paths[act], providers=cfg.providers),
+                                                scales=cfg.scales, views=cfg.views, flip=True)
+                provider = predictor.backend.describe()
+                result = evaluate_folder(predictor, data / 'val', out / 'eval' / act, title=f'{act} (digits)')
+                results[act] = result.rows
+                print(result.markdown())
+        with timer.stage('6/6 report'):
+            slopes = _slope_rows(checkpoints['prelu'])
+            plots = _plots(out, losses, results, slopes, cfg.views)
+        summary = {'config': {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+                   'results': results, 'losses': losses, 'slopes': slopes, 'onnx_parity': parity,
+                   'load_back': load_back, 'provider': provider, 'seconds': dict(timer.seconds)}
+        (out / 'summary.json').write_text(json.dumps(summary, indent=1))
+        (out / 'report.md').write_text(_report(cfg, timer, results, losses, slopes, parity, plots, provider, uploaded))
+    print(f'\nDone in {timer.total:.0f} s: {final / "report.md"}')
+    return final
