@@ -1,0 +1,208 @@
+"""ONNX export: one graph with dynamic batch / height / width matching PyTorch, split graphs, metadata, atomicity."""
+import argparse
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import timm
+import timm_prelu  # noqa: F401
+from timm_prelu.errors import UserError
+from timm_prelu import onnx_export
+from timm_prelu.onnx_export import OnnxExport, export_onnx, resolve_model, split_paths
+from timm_prelu.onnx_runtime import METADATA_KEY, OnnxModel, read_metadata
+
+NARROW = {'width_mult': 0.125, 'fc_dim': 64, 'num_classes': 10}
+SIZES = [(16, 16), (97, 131), (224, 224), (257, 383), (480, 640)]
+FP32_TOL = 1e-4  # max abs difference of logits
+PROVIDER = 'auto'  # CUDA (IO binding) where onnxruntime-gpu and a GPU are present, else CPU
+FP16_REL_TOL = 5e-3  # fp16: max abs difference <= 5e-3 * max(1, max |logit|)
+LABELS = [f'class_{i}' for i in range(10)]
+
+
+def _model(name: str, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return timm.create_model(name, **NARROW).eval()
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_torch_thread():
+    # the CI machine is shared: spinning intra-op threads cost more CPU than they save on these small inputs
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def narrow_a_export(tmp_path_factory):
+    """The narrow model A (seed 0) exported with --split once per test session (test modules share the files)."""
+    torch.manual_seed(0)
+    model = timm.create_model('prelu_model_a', **NARROW).eval()
+    path = tmp_path_factory.getbasetemp() / 'narrow-a-seed0' / 'a.onnx'
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        export_onnx(model, path, split=True, label_names=LABELS)
+    return model, path
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    """Each model exported once: A with --split (its model graph is composed from backbone + head), B and C plain."""
+    model, path = narrow_a_export(tmp_path_factory)
+    session = OnnxModel(path, providers=PROVIDER, threads=1)
+    out = {'prelu_model_a': (model, OnnxExport(path, *split_paths(path)), session)}
+    root = tmp_path_factory.mktemp('onnx')
+    for i, name in enumerate(('prelu_model_b', 'prelu_model_c'), start=1):
+        model = _model(name, seed=i)
+        result = export_onnx(model, root / f'{name}.onnx', label_names=LABELS)
+        out[name] = (model, result, OnnxModel(result.model, providers=PROVIDER, threads=1))
+    return out
+
+
+@pytest.mark.parametrize('batch', [1, 3])
+@pytest.mark.parametrize('size', SIZES, ids=lambda s: f'{s[0]}x{s[1]}')
+@pytest.mark.parametrize('name', ['prelu_model_a', 'prelu_model_b', 'prelu_model_c'])
+def test_onnxruntime_matches_pytorch(exported, name, size, batch):
+    model, _, session = exported[name]
+    x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(size[0] * batch))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = session.run(x.numpy())
+    assert out.shape == (batch, 10)
+    assert np.abs(out - ref).max() <= FP32_TOL
+
+
+def test_split_graphs_match_forward_features_and_forward_head(exported):
+    model, result, _ = exported['prelu_model_a']
+    backbone = OnnxModel(result.backbone, providers=PROVIDER, threads=1)
+    head = OnnxModel(result.head, providers=PROVIDER, threads=1)
+    assert (backbone.graph, head.graph) == ('backbone', 'head')
+    x = torch.randn(3, 3, 97, 131)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        np.testing.assert_allclose(backbone.run(x), feats.numpy(), atol=FP32_TOL, rtol=0)
+        for shape in [(5, model.num_features, 14, 14), (2, model.num_features, 1, 1), (1, model.num_features, 3, 7)]:
+            f = torch.randn(*shape)
+            assert np.abs(head.run(f) - model.forward_head(f).numpy()).max() <= FP32_TOL
+
+
+def test_graph_is_valid_with_named_dynamic_axes(exported):
+    for name, (_, result, _) in exported.items():
+        for path in result.paths:
+            onnx.checker.check_model(str(path), full_check=True)
+        proto = onnx.load(str(result.model), load_external_data=False)
+        (inp,), (out,) = proto.graph.input, proto.graph.output
+        assert (inp.name, out.name) == ('image', 'logits')
+        dims = inp.type.tensor_type.shape.dim
+        assert dims[1].dim_value == 3
+        assert all(dims[i].dim_param and not dims[i].dim_value for i in (0, 2, 3)), dims  # symbolic N, H, W
+
+
+def test_metadata_carries_the_timm_config_and_source(exported):
+    model, result, session = exported['prelu_model_a']
+    infos = [read_metadata(p) for p in result.paths]
+    info, cfg = infos[0], infos[0]['pretrained_cfg']
+    assert [i['graph'] for i in infos] == ['model', 'backbone', 'head']
+    assert len({i['export_id'] for i in infos}) == 1 and len({i['weights_sha256'] for i in infos}) == 1
+    assert info['split'] == {'backbone': result.backbone.name, 'head': result.head.name}
+    assert info['model_name'] == 'prelu_model_a' and info['num_classes'] == 10
+    assert info['source'] == {'kind': 'module'}
+    assert info['receptive_field'] == {'size': 301, 'stride': 16, 'padding': 143}
+    assert info['min_input_size'] == model.min_input_size and info['num_features'] == model.num_features
+    assert cfg['mean'] == list(model.pretrained_cfg['mean']) and cfg['std'] == list(model.pretrained_cfg['std'])
+    assert cfg['interpolation'] == 'bilinear' and cfg['crop_pct'] == 0.875 and cfg['input_size'] == [3, 224, 224]
+    assert cfg['num_classes'] == 10 and cfg['label_names'] == LABELS
+    assert session.label_names == LABELS and session.pretrained_cfg == cfg
+
+
+def test_export_by_name_records_kwargs_and_weights_digest(tmp_path):
+    """A model name builds the model (random init here); metadata says so and records the kwargs."""
+    model, source = resolve_model('prelu_model_a', model_kwargs=NARROW)
+    assert source == {'kind': 'random-init', 'model_kwargs': NARROW} and not model.training
+    with pytest.raises(UserError, match='unknown model'):
+        resolve_model('prelu_model_z')
+    with pytest.raises(UserError, match='no such file'):
+        resolve_model(str(tmp_path / 'missing.pth.tar'))
+
+
+def test_train_py_checkpoint_resolution(tmp_path, digits_folder):
+    """A checkpoint in train.py's format: the model, its kwargs, image size and class names come from its args."""
+    model = _model('prelu_model_a', seed=3)
+    args = argparse.Namespace(model='prelu_model_a', model_kwargs={'width_mult': 0.125, 'fc_dim': 64},
+                              num_classes=10, img_size=32, input_size=None, in_chans=None, mean=None, std=None,
+                              interpolation='', crop_pct=None, data_dir=str(digits_folder), train_split='train',
+                              dataset='')
+    path = tmp_path / 'model_best.pth.tar'
+    torch.save({'epoch': 4, 'arch': 'prelu_model_a', 'state_dict': model.state_dict(), 'args': args,
+                'metric': 55.5, 'version': 2}, path)
+    loaded, source = resolve_model(path)
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert source['kind'] == 'checkpoint' and source['epoch'] == 4 and len(source['sha256']) == 64
+    assert source['model_kwargs'] == NARROW
+    assert loaded.pretrained_cfg['input_size'] == (3, 32, 32)
+    assert loaded.pretrained_cfg['label_names'] == [str(i) for i in range(10)]
+
+
+@pytest.fixture(scope='module')
+def fp16_export(exported, tmp_path_factory):
+    model = exported['prelu_model_b'][0]
+    path = tmp_path_factory.mktemp('fp16') / 'b16.onnx'
+    export_onnx(model, path, fp16=True)
+    return model, path
+
+
+@pytest.mark.parametrize('size', [(97, 131), (224, 224)], ids=lambda s: f'{s[0]}x{s[1]}')
+def test_fp16_graph_matches_within_stated_tolerance(exported, fp16_export, size):
+    model, path = fp16_export
+    session = OnnxModel(path, providers=PROVIDER, threads=1)
+    assert session.info['dtype'] == 'float16' and session.info['io_dtype'] == 'float32'
+    x = torch.randn(3, 3, *size)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = session.run(x.numpy())
+    assert out.dtype == np.float32
+    err = np.abs(out - ref).max()
+    assert err <= FP16_REL_TOL * max(1.0, np.abs(ref).max())
+    assert err > 0  # it really runs in half precision
+    assert path.stat().st_size < 0.6 * exported['prelu_model_b'][1].model.stat().st_size
+
+
+def test_failed_export_leaves_no_file(exported, tmp_path, monkeypatch):
+    """Graphs go to temp files renamed only when all passed: a failure on the last one keeps the old file alone."""
+    model, result, _ = exported['prelu_model_a']
+    target = tmp_path / 'model.onnx'
+    target.write_bytes(b'previous export')
+    protos = {'image': onnx.load(str(result.backbone)), 'features': onnx.load(str(result.head))}
+    monkeypatch.setattr(onnx_export, '_export_graph', lambda module, example, arg_name, *args: protos[arg_name])
+    checked = []
+    real_check = onnx.checker.check_model
+
+    def check_then_fail_on_the_head(path, **kwargs):
+        checked.append(path)
+        if len(checked) == 3:  # model and backbone graphs are already written to their temp files
+            raise onnx.checker.ValidationError('simulated checker failure')
+        real_check(path, **kwargs)
+    monkeypatch.setattr(onnx.checker, 'check_model', check_then_fail_on_the_head)
+    with pytest.raises(onnx.checker.ValidationError):
+        export_onnx(model, target, split=True, verify=False)
+    assert len(checked) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['model.onnx']
+    assert target.read_bytes() == b'previous export'
+
+
+def test_bad_output_path(tmp_path):
+    with pytest.raises(UserError, match='must end in .onnx'):
+        export_onnx(_model('prelu_model_a', seed=0), tmp_path / 'model.bin')
+    with pytest.raises(UserError, match='no such folder'):
+        export_onnx(_model('prelu_model_a', seed=0), tmp_path / 'missing' / 'model.onnx')
+
+
+def test_metadata_json_is_plain(exported):
+    proto = onnx.load(str(exported['prelu_model_c'][1].model), load_external_data=False)
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props[METADATA_KEY])['model_name'] == 'prelu_model_c'
+    assert json.loads(props['pretrained_cfg'])['label_names'] == LABELS

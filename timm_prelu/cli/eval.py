@@ -1,0 +1,38 @@
+"""`timm-prelu eval`: ImageFolder evaluation shaped like the paper's Table 6 (top-1 / top-5 error per scale)."""
+import argparse
+
+from .predict import add_predictor_args, build_predictor
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        'eval', help="evaluate on an ImageFolder: the paper's Table 6 (error per scale and multi-scale)",
+        description='Score every image of an ImageFolder at each scale and view mode; print and write the error '
+                    'table (Markdown, CSV, PNG) and the per-image predictions. Unreadable files are skipped and '
+                    'counted.',
+        epilog='example: timm-prelu eval --data /data/imagenet/val --onnx c.onnx --scales 256 384 480 '
+               '--views dense --out eval-c')
+    p.add_argument('--data', required=True, metavar='FOLDER', help='ImageFolder root: <class>/<image>')
+    add_predictor_args(p)
+    p.add_argument('--out', default=None, metavar='DIR', help='write table.md/.csv/.png, predictions.npz/.csv here')
+    p.add_argument('--limit', type=int, default=None, metavar='N', help='evaluate only the first N images')
+    p.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bar')
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation import evaluate_folder
+    from ..images import DEFAULT_MAX_IMAGE_PIXELS
+    predictor = build_predictor(args)
+    result = evaluate_folder(predictor, args.data, out=args.out, limit=args.limit, progress=args.progress,
+                             max_image_pixels=args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS,
+                             title=f'{args.onnx or args.model}: top-1 / top-5 error')
+    print(result.markdown())
+    for note in result.notes:
+        print(f'note: {note}')
+    for path, why in result.skipped[:10]:
+        print(f'skipped {path}: {why}')
+    print(result.summary())
+    if args.out:
+        print(f'wrote {", ".join(str(p) for p in result.files.values())}')
+    return 0

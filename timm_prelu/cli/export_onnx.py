@@ -1,0 +1,97 @@
+"""`timm-prelu export-onnx`: a PReLU-net to ONNX (dynamic batch / height / width, timm config in the metadata)."""
+import argparse
+import ast
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..errors import UserError
+
+
+def parse_model_kwargs(items: Optional[List[str]]) -> Dict[str, Any]:
+    """K=V pairs as train.py's --model-kwargs reads them: Python literals, else strings."""
+    kwargs: Dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition('=')
+        if not sep or not key:
+            raise UserError(f'--model-kwargs expects key=value pairs, got {item!r} (e.g. width_mult=0.125 fc_dim=64)')
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value
+    return kwargs
+
+
+def read_label_names(source: Optional[str]) -> Optional[List[str]]:
+    """Class names from a text file (one per line, class-index order) or an ImageFolder's class folders."""
+    if source is None:
+        return None
+    path = Path(source)
+    if path.is_dir():
+        from timm.utils import natural_key
+        names = sorted((d.name for d in path.iterdir() if d.is_dir()), key=natural_key)
+    elif path.is_file():
+        names = [line.strip() for line in path.read_text(encoding='utf-8').splitlines() if line.strip()]
+    else:
+        raise UserError(f'--labels {source}: no such file or folder: pass a text file (one name per line) or an '
+                        f'ImageFolder')
+    if not names:
+        raise UserError(f'--labels {source}: no class names found in it')
+    return names
+
+
+def add_model_source_args(p: argparse.ArgumentParser) -> None:
+    """Flags that say how to build a model from a name, hub id or checkpoint (shared with predict / eval)."""
+    p.add_argument('--model-kwargs', nargs='*', default=None, metavar='K=V',
+                   help='timm.create_model kwargs, e.g. width_mult=0.125 fc_dim=64 (a checkpoint records its own)')
+    p.add_argument('--num-classes', type=int, default=None, metavar='N', help='classifier size when building by name')
+    p.add_argument('--pretrained', action='store_true',
+                   help="load the registry tag's published weights for a plain model name")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        'export-onnx', help='export a PReLU-net to ONNX (dynamic batch/height/width; --split for dense views)',
+        description='Export one ONNX graph with dynamic batch, height and width, checked with onnx.checker and '
+                    'verified against PyTorch, with timm\'s pretrained_cfg and the weights\' source in its metadata. '
+                    '--split also writes NAME.backbone.onnx and NAME.head.onnx for dense multi-view inference.',
+        epilog='examples: timm-prelu export-onnx prelu_model_c.in1k --pretrained -o c.onnx --split\n'
+               '          timm-prelu export-onnx output/train/run/model_best.pth.tar -o run.onnx --split',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('model', metavar='MODEL_OR_CHECKPOINT_OR_HUB_ID',
+                   help='a timm model name, hf-hub:ORG/NAME[@REV], a hub-layout folder, or a train.py .pth.tar / '
+                        '.safetensors checkpoint')
+    p.add_argument('-o', '--output', required=True, metavar='FILE.onnx', help='the model graph to write')
+    p.add_argument('--opset', type=int, default=None, metavar='N', help="ONNX opset (default: torch's default)")
+    p.add_argument('--fp16', action='store_true', help='float16 weights and compute, float32 inputs/outputs')
+    p.add_argument('--split', action='store_true', help='also write the backbone and head graphs (dense views)')
+    p.add_argument('--model', dest='model_name', default=None, metavar='NAME',
+                   help='architecture of a checkpoint that does not record it')
+    add_model_source_args(p)
+    p.add_argument('--labels', default=None, metavar='FILE|FOLDER',
+                   help='class names: a text file (one per line) or the ImageFolder the model was trained on')
+    p.add_argument('--input-size', type=int, default=None, metavar='PX',
+                   help='training image size, if not recorded (sets the centre crop and the dense window)')
+    p.add_argument('--no-verify', dest='verify', action='store_false',
+                   help='skip running each graph once in ONNX Runtime against PyTorch')
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..onnx_export import export_onnx
+    from ..onnx_runtime import read_metadata
+    result = export_onnx(
+        args.model, args.output, opset=args.opset, fp16=args.fp16, split=args.split, model_name=args.model_name,
+        model_kwargs=parse_model_kwargs(args.model_kwargs), num_classes=args.num_classes,
+        pretrained=args.pretrained, label_names=read_label_names(args.labels), input_size=args.input_size,
+        verify=args.verify)
+    info = read_metadata(result.model)
+    cfg = info['pretrained_cfg']
+    source = info['source']
+    print(f'{info["model_name"]} ({info["num_classes"]} classes, {info["dtype"]}, opset {info["opset"]}) '
+          f'from {source["kind"]}' + (f' {source.get("file") or source.get("repo_id")}' if source.get('file')
+                                       or source.get('repo_id') else ''))
+    print(f'input {cfg["input_size"][1]}x{cfg["input_size"][2]}, mean {cfg["mean"]}, std {cfg["std"]}, '
+          f'{cfg["interpolation"]}; labels: {"yes" if cfg.get("label_names") else "none"}')
+    for path in result.paths:
+        print(f'wrote {path}')
+    return 0

@@ -1,0 +1,110 @@
+"""`timm-prelu predict`: classify images at several scales with dense / full / centre views (ONNX or PyTorch)."""
+import argparse
+from pathlib import Path
+from typing import List
+
+from ..errors import UserError
+from .export_onnx import add_model_source_args, parse_model_kwargs
+
+
+def add_predictor_args(p: argparse.ArgumentParser) -> None:
+    """Backend and protocol flags, shared with `eval`."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument('--onnx', metavar='FILE.onnx',
+                     help='an exported model graph (dense views also need its --split graphs beside it)')
+    src.add_argument('--model', metavar='NAME|hf-hub:ID|CHECKPOINT',
+                     help='a PyTorch model: timm name, hub id, hub folder or checkpoint')
+    p.add_argument('--checkpoint', metavar='FILE', help='weights for --model NAME (train.py .pth.tar / .safetensors)')
+    add_model_source_args(p)
+    p.add_argument('--provider', default='auto', choices=('auto', 'cpu', 'cuda'),
+                   help='ONNX Runtime provider (auto: CUDA with IO binding if installed, else CPU)')
+    p.add_argument('--threads', type=int, default=None, metavar='N',
+                   help="CPU threads per ONNX Runtime session (default: onnxruntime's choice)")
+    p.add_argument('--device', default=None, help='PyTorch device for --model (default: cuda if available, else cpu)')
+    p.add_argument('--scales', type=int, nargs='+', default=[256, 384, 480], metavar='S',
+                   help="shorter-side sizes (default: the paper's 256 384 480)")
+    p.add_argument('--views', nargs='+', choices=('full', 'center', 'dense'), default=None,
+                   help='view modes (default: dense when available, else full)')
+    p.add_argument('--flip', action=argparse.BooleanOptionalAction, default=True,
+                   help='also score the horizontally flipped image (default: on)')
+    p.add_argument('--window', type=int, default=None, metavar='CELLS',
+                   help='dense window on the feature map (default: input size / 16, i.e. 14 for 224)')
+    p.add_argument('--input-size', type=int, default=None, metavar='PX',
+                   help='training image size (default: the model\'s pretrained_cfg)')
+    p.add_argument('--max-image-pixels', type=int, default=None, metavar='N',
+                   help='skip images with more pixels than this (default: 89.5 M, as PIL)')
+
+
+def build_predictor(args: argparse.Namespace):
+    """The MultiScalePredictor the flags describe; prints which backend and provider it uses."""
+    from ..inference import MultiScalePredictor, OnnxBackend, TorchBackend
+    if args.onnx:
+        if args.checkpoint or args.model_kwargs or args.num_classes or args.pretrained:
+            raise UserError('--checkpoint / --model-kwargs / --num-classes / --pretrained describe a PyTorch model: '
+                            'drop them with --onnx (the ONNX file carries its own configuration)')
+        backend = OnnxBackend(args.onnx, providers=args.provider, threads=args.threads)
+    else:
+        import torch
+        from ..onnx_export import resolve_model
+        spec, name = (args.checkpoint, args.model) if args.checkpoint else (args.model, None)
+        model, _ = resolve_model(spec, model_name=name, model_kwargs=parse_model_kwargs(args.model_kwargs),
+                                 num_classes=args.num_classes, pretrained=args.pretrained)
+        device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+        backend = TorchBackend(model, device=device)
+    views = args.views
+    if views is None:
+        views = ['dense'] if backend.supports_dense else ['full']
+        if not backend.supports_dense:
+            print('note: no backbone/head graphs beside the ONNX file (export with --split): using full views')
+    predictor = MultiScalePredictor(backend, scales=args.scales, views=views, flip=args.flip, window=args.window,
+                                    input_size=args.input_size)
+    print(f'predictor: {predictor.describe()}')
+    for note in backend.notes:
+        print(f'note: {note}')
+    return predictor
+
+
+def _expand(paths: List[str]) -> List[Path]:
+    """Files as given; folders become the files inside them (recursively, sorted)."""
+    out: List[Path] = []
+    for p in map(Path, paths):
+        out.extend(sorted(f for f in p.rglob('*') if f.is_file() and not f.name.startswith('.')) if p.is_dir() else [p])
+    return out
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        'predict', help='classify images with multi-scale, multi-view testing (ONNX Runtime or PyTorch)',
+        description='Resize each image\'s shorter side to every --scales, score the views (dense: every window of '
+                    'the feature map, convolutions run once per scale), optionally the flipped image too, and '
+                    'average the softmax scores over views and scales.',
+        epilog='example: timm-prelu predict cat.jpg dog.png --onnx c.onnx --scales 256 384 480 --views dense')
+    p.add_argument('images', nargs='+', metavar='IMAGE', help='image files or folders of images')
+    add_predictor_args(p)
+    p.add_argument('--topk', type=int, default=5, metavar='K', help='classes to print per image (default 5)')
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, load_image
+    predictor = build_predictor(args)
+    max_pixels = args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS
+    done, skipped = 0, 0
+    for path in _expand(args.images):
+        try:
+            loaded = load_image(path, max_pixels=max_pixels)
+            probs = predictor.predict(loaded.image)
+        except ImageError as e:
+            print(f'skipped: {e}')
+            skipped += 1
+            continue
+        done += 1
+        best = '  '.join(f'{label if label is not None else i} ({p:.3f})' for i, label, p in
+                         predictor.topk(probs, args.topk))
+        print(f'{path}: {best}')
+        for note in loaded.notes:
+            print(f'  note: {note}')
+    print(f'{done} image(s) predicted, {skipped} skipped')
+    if done == 0:
+        raise UserError('no image could be read: check the paths (see the messages above)')
+    return 0

@@ -1,0 +1,250 @@
+"""ImageFolder evaluation in the shape of the paper's Table 6: top-1 / top-5 error per scale and multi-scale.
+
+Every image is scored once per (view mode, scale) by a :class:`~timm_prelu.inference.MultiScalePredictor`; the
+multi-scale row averages the per-scale scores (equal weight). Files that are not images, or cannot be decoded,
+are skipped and listed, never fatal. Written to ``out``: ``table.md`` (Table 6 layout), ``table.csv`` (one row per
+view and scale), ``table.png``, ``predictions.npz`` (per-image top-k classes and scores of every view / scale /
+combination, plus the targets: :func:`table_from_predictions` recomputes the table from it), ``predictions.csv``
+and ``skipped.txt``.
+"""
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import UserError
+from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, load_image
+from .inference import MultiScalePredictor
+
+__all__ = ['EvalResult', 'evaluate_folder', 'list_imagefolder', 'error_table', 'table_from_predictions',
+           'format_table6', 'write_atomic']
+
+TOPK = 5
+MULTI_SCALE = 'multi-scale'
+
+
+@dataclass
+class EvalResult:
+    """Rows ``dict(view, scale, top1_err, top5_err, images)`` (errors in %), and what was skipped."""
+    rows: List[Dict[str, object]]
+    num_images: int
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    files: Dict[str, Path] = field(default_factory=dict)
+
+    def markdown(self) -> str:
+        return format_table6(self.rows)
+
+    def summary(self) -> str:
+        return (f'{self.num_images} images evaluated, {len(self.skipped)} skipped'
+                + (f' (listed in {self.files["skipped.txt"]})' if self.skipped and 'skipped.txt' in self.files else ''))
+
+
+def write_atomic(path: Path, data: Union[str, bytes, Callable[[Path], None]]) -> None:
+    """Write ``path`` through a temp file in the same folder: it is either complete or absent."""
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        if callable(data):
+            data(tmp)
+        elif isinstance(data, str):
+            tmp.write_text(data, encoding='utf-8')
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def list_imagefolder(root: Union[str, os.PathLike]) -> Tuple[List[Tuple[str, int]], Dict[str, int], List[str]]:
+    """Images and class indices as timm's ImageFolder reader finds them (so indices match train.py), plus
+    every other file under the class folders (reported as skipped)."""
+    from timm.data.readers.reader_image_folder import find_images_and_targets
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f'{root}: no such folder: pass an ImageFolder (one sub-folder of images per class)')
+    samples, class_to_idx = find_images_and_targets(str(root))
+    found = {os.path.normpath(p) for p, _ in samples}
+    others = sorted(os.path.normpath(os.path.join(d, f)) for d, _, files in os.walk(root, followlinks=True)
+                    for f in files if not f.startswith('.') and os.path.normpath(os.path.join(d, f)) not in found)
+    if not samples:
+        raise UserError(f'{root}: no images found (expected {root}/<class>/<image>.jpg|png|...): pass an ImageFolder')
+    return samples, class_to_idx, others
+
+
+def _class_mapping(class_to_idx: Dict[str, int], label_names: Optional[Sequence[str]], num_classes: int,
+                   notes: List[str]) -> np.ndarray:
+    """Folder class index -> model class index: by name when the model knows its labels, else by sorted order."""
+    folder_classes = sorted(class_to_idx, key=class_to_idx.get)
+    if label_names is not None and all(c in label_names for c in folder_classes):
+        index = {n: i for i, n in enumerate(label_names)}
+        return np.array([index[c] for c in folder_classes])
+    if len(folder_classes) > num_classes:
+        raise UserError(f'the folder has {len(folder_classes)} classes, the model only {num_classes}: '
+                        f'evaluate on data with the model\'s classes')
+    if label_names is not None:
+        notes.append('folder class names differ from the model\'s label names: matched by sorted order')
+    return np.arange(len(folder_classes))
+
+
+def _topk(probs: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    idx = np.argsort(-probs, axis=-1, kind='stable')[..., :k]
+    return idx.astype(np.int32), np.take_along_axis(probs, idx, axis=-1).astype(np.float32)
+
+
+def error_table(topk_idx: np.ndarray, targets: np.ndarray, views: Sequence[str], scales: Sequence[int]) \
+        -> List[Dict[str, object]]:
+    """Rows of top-1 / top-5 error (%) from top-k predictions ``(N, V, S + 1, k)`` (the last S slot: combined)."""
+    rows = []
+    hits = topk_idx == targets.reshape(-1, 1, 1, 1)
+    labels = [str(s) for s in scales] + [MULTI_SCALE]
+    for vi, view in enumerate(views):
+        for si, label in enumerate(labels):
+            if label == MULTI_SCALE and len(scales) == 1:
+                continue
+            h = hits[:, vi, si]
+            rows.append({'view': view, 'scale': label, 'top1_err': 100.0 * (1 - h[:, :1].any(-1).mean()),
+                         'top5_err': 100.0 * (1 - h[:, :TOPK].any(-1).mean()), 'images': int(len(targets))})
+    return rows
+
+
+def table_from_predictions(path: Union[str, os.PathLike]) -> List[Dict[str, object]]:
+    """Recompute the error table from a saved ``predictions.npz``."""
+    with np.load(path, allow_pickle=False) as z:
+        return error_table(z['topk_idx'], z['targets'], [str(v) for v in z['views']], [int(s) for s in z['scales']])
+
+
+def format_table6(rows: List[Dict[str, object]]) -> str:
+    """Markdown in the layout of the paper's Table 6: a row per scale, top-1 / top-5 error per view mode."""
+    views = list(dict.fromkeys(r['view'] for r in rows))
+    scales = list(dict.fromkeys(r['scale'] for r in rows))
+    cell = {(r['view'], r['scale']): r for r in rows}
+    head = '| scale s | ' + ' | '.join(f'{v} top-1 | {v} top-5' for v in views) + ' |'
+    sep = '|---|' + '---|---|' * len(views)
+    lines = [head, sep]
+    for s in scales:
+        vals = []
+        for v in views:
+            r = cell.get((v, s))
+            vals += [f'{r["top1_err"]:.2f}', f'{r["top5_err"]:.2f}'] if r else ['', '']
+        lines.append(f'| {s} | ' + ' | '.join(vals) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def _table_csv(rows: List[Dict[str, object]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=['view', 'scale', 'top1_err', 'top5_err', 'images'], lineterminator='\n')
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**r, 'top1_err': f'{r["top1_err"]:.4f}', 'top5_err': f'{r["top5_err"]:.4f}'})
+    return buf.getvalue()
+
+
+def _plot(rows: List[Dict[str, object]], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    views = list(dict.fromkeys(r['view'] for r in rows))
+    scales = list(dict.fromkeys(r['scale'] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=False)
+    width = 0.8 / len(views)
+    for ax, key, name in ((axes[0], 'top1_err', 'top-1 error (%)'), (axes[1], 'top5_err', 'top-5 error (%)')):
+        for vi, v in enumerate(views):
+            vals = [next((r[key] for r in rows if r['view'] == v and r['scale'] == s), np.nan) for s in scales]
+            ax.bar(np.arange(len(scales)) + vi * width, vals, width, label=v)
+        ax.set_xticks(np.arange(len(scales)) + width * (len(views) - 1) / 2, scales)
+        ax.set_xlabel('test scale s (shorter side)')
+        ax.set_ylabel(name)
+    axes[0].legend(title='views')
+    fig.suptitle(title)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format='png'))
+    plt.close(fig)
+
+
+def evaluate_folder(
+        predictor: MultiScalePredictor,
+        data: Union[str, os.PathLike],
+        out: Union[str, os.PathLike, None] = None,
+        limit: Optional[int] = None,
+        progress: bool = True,
+        max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
+        title: str = 'Multi-scale evaluation',
+) -> EvalResult:
+    """Evaluate ``predictor`` on an ImageFolder; write the table and per-image predictions to ``out``.
+
+    Args:
+        predictor: Its scales and views make the table's rows and columns.
+        data: ImageFolder root (``<class>/<image>``); class indices as timm's reader assigns them.
+        out: Output folder (created); None writes nothing.
+        limit: Evaluate only the first ``limit`` images (in timm's sorted order).
+        progress: Show a tqdm progress bar.
+        max_image_pixels: Skip images larger than this.
+        title: Title of the PNG plot.
+    """
+    from tqdm import tqdm
+    samples, class_to_idx, others = list_imagefolder(data)
+    if limit:
+        samples = samples[:limit]
+    notes: List[str] = []
+    backend = predictor.backend
+    mapping = _class_mapping(class_to_idx, backend.label_names, backend.num_classes, notes)
+    skipped: List[Tuple[str, str]] = [(p, 'not an image file type') for p in others]
+    views, scales = predictor.views, predictor.scales
+    k = min(TOPK, backend.num_classes)
+    paths, targets, topk_idx, topk_prob = [], [], [], []
+    correct = 0
+    bar = tqdm(samples, desc='eval', unit='img', disable=not progress, dynamic_ncols=True)
+    for path, folder_target in bar:
+        try:
+            loaded = load_image(path, max_pixels=max_image_pixels)
+            scores = predictor.scores(loaded.image)
+        except ImageError as e:
+            skipped.append((path, str(e)))
+            continue
+        # (V, S + 1, K): each scale, then the multi-scale combination
+        probs = np.concatenate([scores.probs, scores.probs.mean(axis=1, keepdims=True)], axis=1)
+        idx, p = _topk(probs, k)
+        target = int(mapping[folder_target])
+        paths.append(str(path))
+        targets.append(target)
+        topk_idx.append(idx)
+        topk_prob.append(p)
+        correct += int(idx[0, -1, 0] == target)
+        bar.set_postfix(top1_err=f'{100.0 * (1 - correct / len(targets)):.1f}%', skipped=len(skipped))
+    bar.close()
+    if not targets:
+        raise UserError(f'{data}: none of the {len(samples)} images could be read ({skipped[0][1] if skipped else ""})'
+                        f': check the folder')
+    topk_idx_arr, targets_arr = np.stack(topk_idx), np.asarray(targets, dtype=np.int64)
+    rows = error_table(topk_idx_arr, targets_arr, views, scales)
+    result = EvalResult(rows, len(targets), skipped, notes)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        result.files = {name: out / name for name in
+                        ('table.md', 'table.csv', 'table.png', 'predictions.npz', 'predictions.csv', 'skipped.txt')}
+        protocol = (f'{predictor.describe()}; {len(targets)} images of {data}; errors in %; '
+                    f'scores = softmax probabilities averaged over views, then over scales')
+        write_atomic(out / 'table.md', f'{format_table6(rows)}\n{protocol}\n')
+        write_atomic(out / 'table.csv', _table_csv(rows))
+        _plot(rows, out / 'table.png', title)
+
+        def save_npz(tmp: Path) -> None:
+            with open(tmp, 'wb') as f:
+                np.savez_compressed(
+                    f, paths=np.asarray(paths), targets=targets_arr, topk_idx=topk_idx_arr,
+                    topk_prob=np.stack(topk_prob), views=np.asarray(views), scales=np.asarray(scales),
+                    class_names=np.asarray(sorted(class_to_idx, key=class_to_idx.get)))
+        write_atomic(out / 'predictions.npz', save_npz)
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator='\n')
+        writer.writerow(['path', 'target'] + [f'{v}_{MULTI_SCALE}_top{k}' for v in views])
+        for path, t, idx in zip(paths, targets, topk_idx):
+            writer.writerow([path, t] + [' '.join(map(str, idx[vi, -1])) for vi in range(len(views))])
+        write_atomic(out / 'predictions.csv', buf.getvalue())
+        write_atomic(out / 'skipped.txt', ''.join(f'{p}\t{why}\n' for p, why in skipped))
+    return result
