@@ -8,19 +8,21 @@ Table 3 of the paper: a 7x7/2 stem, three stages of 3x3 convs each opened by a 2
 max pooling {7, 3, 2, 1} and fc 4096 -> 4096 -> classes with dropout. Every conv and the first two fc layers are
 followed by a PReLU (learned per channel, initialised to 0.25); weights are He-initialised for that slope.
 """
+from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import register_notrace_function
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.layers import get_device_dtype, register_notrace_function
+from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
+from ..errors import UserError
 from ..layers import SpatialPyramidPool, create_rectifier, he_init_layer_, rectifier_slope
 
-__all__ = ['PReLUNet', 'HUB_ORG', 'min_input_size']
+__all__ = ['PReLUNet', 'HUB_ORG', 'min_input_size', 'checkpoint_filter_fn', 'PretrainedMismatchError']
 
 # Pretrained tags resolve to f'{HUB_ORG}/{model}.{tag}' on the Hugging Face Hub.
 HUB_ORG = 'timm-prelu'
@@ -32,6 +34,13 @@ cfgs: Dict[str, Dict[str, Tuple[int, ...]]] = {
     'prelu_model_c': dict(depths=(6, 6, 6), widths=(384, 768, 896)),
 }
 STEM_WIDTH = 96
+ACTS = ('prelu', 'prelu_shared', 'relu')
+POOLS = ('spp', '')
+HEAD_LAYERS = ('pool', 'fc1', 'act1', 'drop1', 'fc2', 'act2', 'drop2')
+
+
+class PretrainedMismatchError(UserError, ValueError):
+    """A checkpoint whose tensors do not fit the model it is loaded into."""
 
 
 def min_input_size(num_stages: int = 3) -> int:
@@ -53,13 +62,33 @@ def check_input_size(x: torch.Tensor, min_size: int) -> None:
             f'(resize the image up)')
 
 
+def _empty(layer_cls: type, *args: Any, device=None, dtype=None, **kwargs: Any) -> nn.Module:
+    """A conv / linear layer with uninitialised storage, for init_weights to fill.
+
+    Skips torch's default init, which He init overwrites anyway: drawing twice costs seconds for model C's 330M.
+    """
+    layer = layer_cls(*args, device='meta', dtype=dtype, **kwargs)
+    return layer.to_empty(device=device if device is not None else torch.get_default_device())
+
+
+def _rectifier(act: str, channels: int, device=None, dtype=None) -> nn.Module:
+    # create_rectifier takes no device / dtype: move the (few) slopes once created
+    return create_rectifier(act, channels).to(device=device, dtype=dtype)
+
+
+def _initial_slope(rectifier: nn.Module) -> float:
+    """The slope ``a`` a rectifier starts with, read without touching its (maybe meta or empty) tensors."""
+    return float(rectifier.init) if isinstance(rectifier, nn.PReLU) else rectifier_slope(rectifier)
+
+
 class ConvAct(nn.Module):
     """A conv followed by its rectifier."""
 
-    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int, act: str, **dd):
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int, act: str, device=None, dtype=None):
         super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=kernel_size // 2, **dd)
-        self.act = create_rectifier(act, out_chs)
+        self.conv = _empty(nn.Conv2d, in_chs, out_chs, kernel_size, stride=stride, padding=kernel_size // 2,
+                           device=device, dtype=dtype)
+        self.act = _rectifier(act, out_chs, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.conv(x))
@@ -94,17 +123,20 @@ class PReLUNet(nn.Module):
             fc_dim: Width of fc1 and fc2 (the paper's 4096).
             spp_levels: Pyramid levels of the spatial pyramid pooling.
             drop_rate: Dropout after fc1 and fc2.
-            global_pool: Only 'spp': the paper's pooling is part of the architecture.
+            global_pool: 'spp' (the paper's head: SPP, fc1, fc2) or '' (no head: forward returns the last conv
+                map; needs num_classes=0).
         """
         super().__init__()
-        if global_pool != 'spp':
-            raise ValueError(f"PReLU-nets pool with spatial pyramid pooling: global_pool must be 'spp', got {global_pool!r}")
-        if act not in ('prelu', 'prelu_shared', 'relu'):
-            raise ValueError(f"unknown act {act!r}: choose 'prelu', 'prelu_shared' or 'relu'")
+        if act not in ACTS:
+            raise ValueError(f'unknown act {act!r}: choose one of {ACTS}')
+        if width_mult <= 0 or fc_dim <= 0:
+            raise ValueError(f'width_mult and fc_dim must be positive, got {width_mult} and {fc_dim}')
         dd = {'device': device, 'dtype': dtype}
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.act = act
+        self.fc_dim = fc_dim
+        self.spp_levels = tuple(int(n) for n in spp_levels)
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         self.min_input_size = min_input_size(len(depths))
@@ -123,38 +155,28 @@ class PReLUNet(nn.Module):
             prev_chs = out_chs
             self.feature_info.append(dict(num_chs=out_chs, reduction=2 ** (i + 2), module=f'stages.{i}'))
         self.stages = nn.Sequential(*stages)
-
         self.num_features = prev_chs
-        self.head_hidden_size = fc_dim
-        self.pool = SpatialPyramidPool(spp_levels)
-        self.fc1 = nn.Linear(prev_chs * self.pool.num_bins, fc_dim, **dd)
-        self.act1 = create_rectifier(act, fc_dim)
-        self.drop1 = nn.Dropout(drop_rate)
-        self.fc2 = nn.Linear(fc_dim, fc_dim, **dd)
-        self.act2 = create_rectifier(act, fc_dim)
-        self.drop2 = nn.Dropout(drop_rate)
-        self.head = nn.Linear(fc_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
+        self.global_pool = ''
+        self.head_hidden_size = prev_chs
+        for name in HEAD_LAYERS + ('head',):
+            setattr(self, name, nn.Identity())
         self.init_weights()
+        self.reset_classifier(num_classes, global_pool)  # builds and initialises the head
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """He init (forward case) of every conv / fc for the slope of the rectifier after it; zero biases."""
-        for layer, rectifier in self._layers_with_rectifiers():
-            he_init_layer_(layer, slope=rectifier_slope(rectifier) if rectifier is not None else 0.0)
+        """He init (forward case) of every conv / fc, PReLU slopes back to their initial value, zero biases.
 
-    def _layers_with_rectifiers(self) -> List[Tuple[nn.Module, Optional[nn.Module]]]:
-        """Each conv / fc layer with the rectifier that follows it (None for the classifier)."""
-        pairs: List[Tuple[nn.Module, Optional[nn.Module]]] = []
+        The forward case takes ``a`` from the rectifier feeding a layer; all rectifiers of one net start at the
+        same slope and the paper uses the same rule for the first layer, so one ``a`` serves every layer.
+        """
+        slope = _initial_slope(self.stem.act)
         for m in self.modules():
-            if isinstance(m, ConvAct):
-                pairs.append((m.conv, m.act))
-        for fc, act in ((self.fc1, self.act1), (self.fc2, self.act2)):
-            if isinstance(fc, nn.Linear):
-                pairs.append((fc, act))
-        if isinstance(self.head, nn.Linear):
-            pairs.append((self.head, None))
-        return pairs
+            if isinstance(m, nn.PReLU):
+                m.reset_parameters()
+            elif isinstance(m, (nn.Conv2d, nn.Linear)):
+                he_init_layer_(m, slope=slope)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -177,14 +199,51 @@ class PReLUNet(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool is not None and global_pool != 'spp':
-            raise ValueError(f"PReLU-nets pool with spatial pyramid pooling: global_pool must be 'spp', got {global_pool!r}")
+        """Replace the classifier; the SPP head (pool, fc1, fc2) is kept, removed ('') or rebuilt ('spp').
+
+        Args:
+            num_classes: Number of classes of the new classifier, 0 for none (forward then returns fc2's output).
+            global_pool: 'spp', '' (no head at all: forward returns the last conv map) or None to keep the
+                current one. A classifier needs the SPP head: on a headless model num_classes > 0 rebuilds it.
+        """
+        if global_pool is None:
+            global_pool = self.global_pool or ('spp' if num_classes > 0 else '')
+        if global_pool not in POOLS:
+            raise ValueError(
+                f"PReLU-nets pool with spatial pyramid pooling: global_pool must be 'spp' or '' (no head), "
+                f"got {global_pool!r}")
+        if not global_pool and num_classes > 0:
+            raise ValueError("a classifier needs the SPP head: use global_pool='spp' or num_classes=0")
+        dd = get_device_dtype(self)
+        if global_pool != self.global_pool:
+            if global_pool:
+                self._build_spp_head(**dd)
+            else:
+                for name in HEAD_LAYERS:
+                    setattr(self, name, nn.Identity())
+                self.head_hidden_size = self.num_features
+            self.global_pool = global_pool
         self.num_classes = num_classes
-        device, dtype = self.fc2.weight.device, self.fc2.weight.dtype
-        self.head = nn.Linear(self.head_hidden_size, num_classes, device=device, dtype=dtype) \
-            if num_classes > 0 else nn.Identity()
-        if isinstance(self.head, nn.Linear):
-            he_init_layer_(self.head)
+        if num_classes > 0:
+            self.head = _empty(nn.Linear, self.head_hidden_size, num_classes, **dd)
+            he_init_layer_(self.head, slope=_initial_slope(self.stem.act))
+        else:
+            self.head = nn.Identity()
+        self.train(self.training)  # new modules follow the model's mode
+
+    def _build_spp_head(self, device=None, dtype=None) -> None:
+        """SPP -> fc1 -> rectifier -> dropout -> fc2 -> rectifier -> dropout, freshly initialised."""
+        slope = _initial_slope(self.stem.act)
+        self.pool = SpatialPyramidPool(self.spp_levels)
+        self.fc1 = _empty(nn.Linear, self.num_features * self.pool.num_bins, self.fc_dim, device=device, dtype=dtype)
+        self.act1 = _rectifier(self.act, self.fc_dim, device=device, dtype=dtype)
+        self.drop1 = nn.Dropout(self.drop_rate)
+        self.fc2 = _empty(nn.Linear, self.fc_dim, self.fc_dim, device=device, dtype=dtype)
+        self.act2 = _rectifier(self.act, self.fc_dim, device=device, dtype=dtype)
+        self.drop2 = nn.Dropout(self.drop_rate)
+        for fc in (self.fc1, self.fc2):
+            he_init_layer_(fc, slope=slope)
+        self.head_hidden_size = self.fc_dim
 
     def forward_intermediates(
             self,
@@ -220,7 +279,10 @@ class PReLUNet(nn.Module):
         else:
             stages = self.stages[:max_index]
         for i, stage in enumerate(stages):
-            x = stage(x)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(stage, x)
+            else:
+                x = stage(x)
             if i + 1 in take_indices:
                 intermediates.append(x)
 
@@ -234,14 +296,15 @@ class PReLUNet(nn.Module):
             prune_norm: bool = False,
             prune_head: bool = True,
     ) -> List[int]:
-        """Prune the stages after the last wanted intermediate (and the head, if asked)."""
+        """Drop the stages after the last wanted intermediate, and the head if asked or if its input is gone."""
         take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
-        self.stages = self.stages[:max_index]
+        if max_index < len(self.stages):
+            self.stages = self.stages[:max_index]
+            self.num_features = self.feature_info[max_index]['num_chs']
+            self.min_input_size = min_input_size(len(self.stages))
+            prune_head = True  # fc1 is sized for the last stage's map
         if prune_head:
-            self.pool = nn.Identity()
-            self.fc1, self.act1, self.drop1 = nn.Identity(), nn.Identity(), nn.Identity()
-            self.fc2, self.act2, self.drop2 = nn.Identity(), nn.Identity(), nn.Identity()
-            self.head = nn.Identity()
+            self.reset_classifier(0, '')
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -268,6 +331,61 @@ class PReLUNet(nn.Module):
         return x
 
 
+def _describe_mismatch(state_dict: Dict[str, torch.Tensor], model: nn.Module, skip: Sequence[str]) -> List[str]:
+    """Readable lines for every key whose presence or shape differs between checkpoint and model."""
+    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith(tuple(skip))}
+    given = {k: v.shape for k, v in state_dict.items() if not k.startswith(tuple(skip))}
+    lines = []
+    shape_diff = [k for k in expected if k in given and given[k] != expected[k]]
+    for name, keys in (
+            ('shape mismatch', shape_diff),
+            ('missing from the checkpoint', [k for k in expected if k not in given]),
+            ('unexpected in the checkpoint', [k for k in given if k not in expected])):
+        if keys:
+            shown = [f'{k} (checkpoint {tuple(given[k])}, model {tuple(expected[k])})' if k in shape_diff else k
+                     for k in keys[:4]]
+            more = f' and {len(keys) - 4} more' if len(keys) > 4 else ''
+            lines.append(f'{name}: {", ".join(shown)}{more}')
+    return lines
+
+
+def checkpoint_filter_fn(
+        state_dict: Dict[str, torch.Tensor],
+        model: PReLUNet,
+        features_only: bool = False,
+) -> Dict[str, torch.Tensor]:
+    """Check a checkpoint against the model before timm loads it, so a misfit is one readable error.
+
+    The classifier follows timm's rule (a model with other num_classes than the pretrained config gets a new
+    classifier), with the checkpoint's own classifier as the reference: the config's num_classes is set to the
+    checkpoint's, so a model created with the checkpoint's num_classes loads its classifier as well.
+    """
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    arch = cfg.get('architecture', type(model).__name__)
+    ckpt_classes = state_dict['head.weight'].shape[0] if 'head.weight' in state_dict else 0
+    model_classes = 0 if features_only else model.num_classes
+    if cfg and cfg.get('num_classes') != ckpt_classes:
+        if model_classes != ckpt_classes and model_classes == cfg.get('num_classes'):
+            raise PretrainedMismatchError(
+                f'the checkpoint for {arch} has a classifier of {ckpt_classes} classes, the model {model_classes}: '
+                f'create the model with num_classes={ckpt_classes} to load it, or start a new N-class classifier '
+                f'with num_classes=N and pretrained_cfg_overlay=dict(..., num_classes={ckpt_classes})')
+        cfg['num_classes'] = ckpt_classes  # timm compares the model's num_classes with this to keep or drop 'head'
+
+    skip = ['head.'] if model_classes != ckpt_classes else []
+    stem = state_dict.get('stem.conv.weight')
+    cfg_in_chans = (cfg.get('input_size') or (3,))[0]
+    if stem is not None and stem.shape[1] == cfg_in_chans and stem.shape[1] != model.in_chans:
+        skip.append('stem.conv.weight')  # timm adapts the first conv to the model's in_chans
+    problems = _describe_mismatch(state_dict, model, skip)
+    if problems:
+        raise PretrainedMismatchError(
+            f'the checkpoint does not fit {arch}: ' + '; '.join(problems) +
+            '. Create the model the checkpoint was trained as (same model name and the same act, width_mult, '
+            'fc_dim, spp_levels and in_chans kwargs)')
+    return state_dict
+
+
 def _create_prelu_net(variant: str, pretrained: bool = False, **kwargs: Any) -> PReLUNet:
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
     return build_model_with_cfg(
@@ -275,6 +393,7 @@ def _create_prelu_net(variant: str, pretrained: bool = False, **kwargs: Any) -> 
         variant,
         pretrained,
         **cfgs[variant],
+        pretrained_filter_fn=partial(checkpoint_filter_fn, features_only=kwargs.get('features_only', False)),
         feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
         **kwargs,
     )
