@@ -1,0 +1,114 @@
+"""`timm-prelu demo --quick`: every artefact exists and is consistent with the others."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ACTS = ('relu', 'prelu')
+
+
+def _demo(out: Path, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, '-m', 'timm_prelu', 'demo', '--quick', '--out', str(out), *extra],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope='module')
+def demo_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp('demo') / 'run'
+    proc = _demo(out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_demo_writes_every_artefact(demo_run):
+    expected = ['report.md', 'summary.json', 'loss_curves.png', 'slopes_by_depth.png', 'error_by_scale.png']
+    for act in ACTS:
+        expected += [f'train/{act}/model_best.pth.tar', f'train/{act}/summary.csv', f'train/{act}.log',
+                     f'hub/{act}/config.json', f'hub/{act}/model.safetensors', f'hub/{act}/README.md',
+                     f'onnx/{act}.onnx', f'eval/{act}/table.md', f'eval/{act}/table.csv',
+                     f'eval/{act}/predictions.npz']
+    missing = [f for f in expected if not (demo_run / f).is_file()]
+    assert not missing
+    for png in demo_run.glob('*.png'):
+        assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert not demo_run.with_name(demo_run.name + '.partial').exists()
+
+
+def test_report_table_is_recomputed_from_saved_predictions(demo_run):
+    from timm_prelu.evaluation import table_from_predictions
+    summary = json.loads((demo_run / 'summary.json').read_text())
+    report = (demo_run / 'report.md').read_text()
+    for act in ACTS:
+        recomputed = table_from_predictions(demo_run / 'eval' / act / 'predictions.npz')
+        assert recomputed == summary['results'][act]
+    dense = {act: {r['scale']: r for r in summary['results'][act] if r['view'] == 'dense'} for act in ACTS}
+    for scale in dense['prelu']:
+        row = f'| {scale} | ' + ' | '.join(f'{dense[a][scale][k]:.2f}' for a in ACTS for k in ('top1_err', 'top5_err'))
+        assert row in report
+    for name in summary['seconds']:
+        assert name in report
+
+
+def test_onnx_matches_pytorch_on_real_images(demo_run):
+    import timm
+    import timm_prelu  # noqa: F401
+    from timm_prelu.demo import _val_batch
+    from timm_prelu.onnx_runtime import OnnxModel
+    cfg = json.loads((demo_run / 'summary.json').read_text())['config']
+    x = _val_batch(demo_run / 'data', cfg['img_size'], n=8)
+    for act in ACTS:
+        model = timm.create_model('prelu_model_a', pretrained=True, num_classes=10, act=act,
+                                  width_mult=cfg['width_mult'], fc_dim=cfg['fc_dim'],
+                                  pretrained_cfg_overlay=dict(file=str(demo_run / 'hub' / act / 'model.safetensors')))
+        with torch.no_grad():
+            ref = model.eval()(x).numpy()
+        onnx_logits = OnnxModel(demo_run / 'onnx' / f'{act}.onnx', providers='cpu').run(x.numpy())
+        assert np.abs(onnx_logits - ref).max() <= 1e-4
+
+
+def test_hub_folder_loads_with_plain_timm_and_matches_checkpoint(demo_run):
+    # a fresh interpreter: only timm's own loading path, timm_prelu imported just to register the architecture
+    code = (
+        'import sys, timm, timm_prelu, torch\n'
+        'from timm_prelu.checkpoints import read_checkpoint\n'
+        'm = timm.create_model("local-dir:" + sys.argv[1], pretrained=True)\n'
+        'ck = read_checkpoint(sys.argv[2]).state_dict\n'
+        'sd = m.state_dict()\n'
+        'assert sd.keys() == ck.keys() and all(torch.equal(sd[k], ck[k]) for k in sd), "weights differ"\n'
+    )
+    for act in ACTS:
+        proc = subprocess.run([sys.executable, '-c', code, str(demo_run / 'hub' / act),
+                               str(demo_run / 'train' / act / 'model_best.pth.tar')], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_rerun_into_existing_folder_is_refused(demo_run):
+    before = {p: p.stat().st_mtime_ns for p in demo_run.rglob('*') if p.is_file()}
+    proc = _demo(demo_run, timeout=120)
+    assert proc.returncode == 2
+    assert 'already exists' in proc.stderr and '--overwrite' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in demo_run.rglob('*') if p.is_file()} == before
+
+
+def test_ctrl_c_leaves_nothing_that_looks_finished(tmp_path):
+    out = tmp_path / 'run'
+    partial = tmp_path / 'run.partial'
+    proc = subprocess.Popen([sys.executable, '-m', 'timm_prelu', 'demo', '--quick', '--out', str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not (partial / 'train').exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert (partial / 'train').exists(), 'the demo never reached its training stage'
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert 'interrupted' in stderr
+    assert not out.exists() and not partial.exists()
