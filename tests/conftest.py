@@ -61,3 +61,32 @@ def trained_run(digits_folder, train_script, tmp_path_factory) -> dict:
         'model': TINY_MODEL, 'model_kwargs': dict(TINY_KWARGS), 'num_classes': NUM_CLASSES,
         'img_size': TINY_IMG_SIZE,
     }
+
+
+# The narrow model A that the ONNX tests export once per session (files shared between test modules).
+ONNX_NARROW = {'width_mult': 0.125, 'fc_dim': 64, 'num_classes': 10}
+ONNX_LABELS = [f'class_{i}' for i in range(10)]
+
+
+def narrow_a_export(tmp_path_factory):
+    """The narrow model A (seed 0), freshly built, and its --split export (written once per session)."""
+    import timm
+    import torch
+    from timm_prelu.onnx_export import export_onnx
+    torch.manual_seed(0)
+    model = timm.create_model('prelu_model_a', **ONNX_NARROW).eval()
+    path = tmp_path_factory.getbasetemp() / 'narrow-a-seed0' / 'a.onnx'
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        export_onnx(model, path, split=True, label_names=ONNX_LABELS)
+    return model, path
+
+
+@pytest.fixture(scope='module')
+def one_torch_thread():
+    """One torch thread for a module: the CI machine is shared and small inputs gain nothing from more."""
+    import torch
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

@@ -21,11 +21,8 @@ VIEWS = ('full', 'center', 'dense')
 
 
 @pytest.fixture(scope='module', autouse=True)
-def one_torch_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CI machine is shared; small inputs gain nothing from more threads
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope='module')

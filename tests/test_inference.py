@@ -25,29 +25,14 @@ from timm_prelu.inference import (
 from timm_prelu.onnx_export import export_onnx
 from timm_prelu.onnx_runtime import OnnxModelError
 
-NARROW = {'width_mult': 0.125, 'fc_dim': 64, 'num_classes': 10}
-LABELS = [f'class_{i}' for i in range(10)]
+from conftest import ONNX_LABELS as LABELS, ONNX_NARROW as NARROW, narrow_a_export
 TOL = 1e-4
 PROVIDER = 'auto'  # CUDA (IO binding) where onnxruntime-gpu and a GPU are present, else CPU
 
 
-def narrow_a_export(tmp_path_factory):
-    """The narrow model A (seed 0) exported with --split once per test session (test modules share the files)."""
-    torch.manual_seed(0)
-    model = timm.create_model('prelu_model_a', **NARROW).eval()
-    path = tmp_path_factory.getbasetemp() / 'narrow-a-seed0' / 'a.onnx'
-    if not path.exists():
-        path.parent.mkdir(exist_ok=True)
-        export_onnx(model, path, split=True, label_names=LABELS)
-    return model, path
-
-
 @pytest.fixture(scope='module', autouse=True)
-def one_torch_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CI machine is shared; small inputs gain nothing from more threads
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope='module')

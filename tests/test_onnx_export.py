@@ -14,12 +14,11 @@ from timm_prelu import onnx_export
 from timm_prelu.onnx_export import OnnxExport, export_onnx, resolve_model, split_paths
 from timm_prelu.onnx_runtime import METADATA_KEY, OnnxModel, read_metadata
 
-NARROW = {'width_mult': 0.125, 'fc_dim': 64, 'num_classes': 10}
+from conftest import ONNX_LABELS as LABELS, ONNX_NARROW as NARROW, narrow_a_export
 SIZES = [(16, 16), (97, 131), (224, 224), (257, 383), (480, 640)]
 FP32_TOL = 1e-4  # max abs difference of logits
 PROVIDER = 'auto'  # CUDA (IO binding) where onnxruntime-gpu and a GPU are present, else CPU
 FP16_REL_TOL = 5e-3  # fp16: max abs difference <= 5e-3 * max(1, max |logit|)
-LABELS = [f'class_{i}' for i in range(10)]
 
 
 def _model(name: str, seed: int) -> torch.nn.Module:
@@ -28,23 +27,8 @@ def _model(name: str, seed: int) -> torch.nn.Module:
 
 
 @pytest.fixture(scope='module', autouse=True)
-def one_torch_thread():
-    # the CI machine is shared: spinning intra-op threads cost more CPU than they save on these small inputs
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(saved)
-
-
-def narrow_a_export(tmp_path_factory):
-    """The narrow model A (seed 0) exported with --split once per test session (test modules share the files)."""
-    torch.manual_seed(0)
-    model = timm.create_model('prelu_model_a', **NARROW).eval()
-    path = tmp_path_factory.getbasetemp() / 'narrow-a-seed0' / 'a.onnx'
-    if not path.exists():
-        path.parent.mkdir(exist_ok=True)
-        export_onnx(model, path, split=True, label_names=LABELS)
-    return model, path
 
 
 @pytest.fixture(scope='module')

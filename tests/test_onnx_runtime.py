@@ -13,20 +13,8 @@ import timm_prelu  # noqa: F401
 from timm_prelu.onnx_export import export_onnx
 from timm_prelu.onnx_runtime import METADATA_KEY, OnnxModel, OnnxModelError, read_metadata, select_providers
 
-NARROW = {'width_mult': 0.125, 'fc_dim': 64, 'num_classes': 10}
-LABELS = [f'class_{i}' for i in range(10)]
+from conftest import ONNX_LABELS as LABELS, ONNX_NARROW as NARROW, narrow_a_export
 HAS_CUDA_PROVIDER = 'CUDAExecutionProvider' in ort.get_available_providers()
-
-
-def narrow_a_export(tmp_path_factory):
-    """The narrow model A (seed 0) exported with --split once per test session (test modules share the files)."""
-    torch.manual_seed(0)
-    model = timm.create_model('prelu_model_a', **NARROW).eval()
-    path = tmp_path_factory.getbasetemp() / 'narrow-a-seed0' / 'a.onnx'
-    if not path.exists():
-        path.parent.mkdir(exist_ok=True)
-        export_onnx(model, path, split=True, label_names=LABELS)
-    return model, path
 
 
 @pytest.fixture(scope='module')
