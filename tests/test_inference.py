@@ -15,17 +15,14 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-import timm
-import timm_prelu  # noqa: F401
 from timm_prelu.cli import main
 from timm_prelu.errors import UserError
 from timm_prelu.images import ImageError
 from timm_prelu.inference import (
     MultiScalePredictor, OnnxBackend, TorchBackend, crop_window_logits, softmax, window_positions)
-from timm_prelu.onnx_export import export_onnx
 from timm_prelu.onnx_runtime import OnnxModelError
 
-from conftest import ONNX_LABELS as LABELS, ONNX_NARROW as NARROW, narrow_a_export
+from conftest import narrow_a_export
 TOL = 1e-4
 PROVIDER = 'auto'  # CUDA (IO binding) where onnxruntime-gpu and a GPU are present, else CPU
 

@@ -8,12 +8,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-import timm
-import timm_prelu  # noqa: F401
-from timm_prelu.onnx_export import export_onnx
 from timm_prelu.onnx_runtime import METADATA_KEY, OnnxModel, OnnxModelError, read_metadata, select_providers
 
-from conftest import ONNX_LABELS as LABELS, ONNX_NARROW as NARROW, narrow_a_export
+from conftest import ONNX_LABELS as LABELS, narrow_a_export
 HAS_CUDA_PROVIDER = 'CUDAExecutionProvider' in ort.get_available_providers()
 
 
