@@ -110,7 +110,8 @@ def _epoch_losses(run_dir: Path) -> Dict[str, List[float]]:
     return {k: [float(r[k]) for r in rows] for k in ('train_loss', 'eval_loss', 'eval_top1', 'eval_top5')}
 
 
-def _val_batch(data: Path, size: int, n: int = 32) -> 'torch.Tensor':
+def _val_batch(data: Path, size: int, n: int = 32):
+    """The first ``n`` validation images as a normalised (n, 3, size, size) tensor."""
     import torch
     from PIL import Image
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -261,7 +262,6 @@ def _report(cfg: DemoConfig, timer: StageTimer, results: Dict, losses: Dict, slo
 
 def run_demo(cfg: DemoConfig) -> Path:
     """Run every stage into ``cfg.out`` (refused if it exists, unless ``overwrite``); returns the folder."""
-    import os
     import timm_prelu  # noqa: F401  (registers the models)
     from .datasets import make_digits_imagefolder
     from .evaluation import evaluate_folder
