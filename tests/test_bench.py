@@ -300,7 +300,6 @@ def test_prelu_has_second_derivatives():
 
 
 def test_prelu_keeps_nn_prelu_parameters_and_standard_graphs(tmp_path):
-    import onnx
     from timm_prelu.layers.activations import PReLU, create_rectifier
     for act, size in (('prelu', 6), ('prelu_shared', 1)):
         m = create_rectifier(act, 6)

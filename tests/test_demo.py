@@ -1,6 +1,5 @@
 """`timm-prelu demo --quick`: every artefact exists and is consistent with the others."""
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -2,7 +2,6 @@
 import math
 
 import pytest
-import torch
 
 from timm_prelu.cli import main
 from timm_prelu.depth_experiment import DepthConfig, DepthRun, digits_tensors, train_plain_net
@@ -10,13 +9,7 @@ from timm_prelu.depth_experiment import DepthConfig, DepthRun, digits_tensors, t
 STEPS = 150  # He's smoothed loss is halved after 105-195 iterations (seeds 0-5), Xavier's flat for thousands
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Convs this small run fastest on one thread; more only add contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')  # tiny convs: more threads only add contention
 
 
 def test_30_layers_he_learns_xavier_stalls():
@@ -53,7 +46,7 @@ def test_reproduce_cli(tmp_path, capsys):
 def test_reproduce_cli_errors(tmp_path, capsys):
     a_file = tmp_path / 'f'
     a_file.write_text('')
-    for argv, message in [(['--steps', '10'], 'too few'), (['--out', str(a_file)], 'is a file'),
+    for argv, message in [(['--steps', '10'], 'too few'), (['--out', str(a_file)], 'already exists'),
                           (['--depths', '4'], 'at least 6')]:
         assert main(['reproduce', 'depth', '--out', str(tmp_path / 'o'), *argv]) == 2
         err = capsys.readouterr().err

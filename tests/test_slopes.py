@@ -1,4 +1,4 @@
-"""`timm-prelu slopes`: learned PReLU slopes per layer from a real train.py checkpoint, a .safetensors file or a name."""
+"""`timm-prelu slopes`: learned PReLU slopes per layer of a real train.py checkpoint, a .safetensors file or a model."""
 import safetensors.torch
 import torch
 

@@ -28,17 +28,11 @@ CONVS = range(1, 27)  # 0-based indices of conv 2 .. conv 27: each fed by a ReLU
 SIGMA_FACTOR = math.sqrt(5 / WIDTH)  # sd of one per-layer factor F_l, relative to its mean
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Convs this small run fastest on one thread; more only add contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')  # tiny convs: more threads only add contention
 
 
 @pytest.fixture(scope='module')
-def probes(one_thread):
+def probes(one_torch_thread):
     """Response and gradient std per layer of the 30-layer net after each init, for three seeds."""
     out = []
     for seed in SEEDS:

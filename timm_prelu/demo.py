@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import UserError
 from .evaluation import MULTI_SCALE
-from .output_dir import finished_output_dir
+from .output_dir import finished_output_dir, save_figure
 from .stage_timer import StageTimer
 
 __all__ = ['DemoConfig', 'run_demo', 'ACTS']
@@ -178,9 +178,8 @@ def _plots(out: Path, losses: Dict[str, Dict[str, List[float]]], results: Dict[s
     ax.set(xlabel='epoch', ylabel='cross-entropy loss', title='Training: ReLU vs PReLU (model A, narrow)')
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / 'loss_curves.png', dpi=110)
+    save_figure(fig, out / 'loss_curves.png')
     files['loss curves'] = 'loss_curves.png'
-    plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     depth = range(1, len(slopes) + 1)
@@ -190,9 +189,8 @@ def _plots(out: Path, losses: Dict[str, Dict[str, List[float]]], results: Dict[s
     ax.set(xlabel='layer (depth order)', ylabel='PReLU slope a', title='Learned PReLU slopes by depth')
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / 'slopes_by_depth.png', dpi=110)
+    save_figure(fig, out / 'slopes_by_depth.png')
     files['slopes by depth'] = 'slopes_by_depth.png'
-    plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for act in ACTS:
@@ -202,9 +200,8 @@ def _plots(out: Path, losses: Dict[str, Dict[str, List[float]]], results: Dict[s
     ax.set(xlabel='test scale (shorter side, px)', ylabel='top-1 error (%)', title='Error by scale')
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / 'error_by_scale.png', dpi=110)
+    save_figure(fig, out / 'error_by_scale.png')
     files['error by scale'] = 'error_by_scale.png'
-    plt.close(fig)
     return files
 
 

@@ -12,16 +12,17 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .errors import UserError
 from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, load_image
 from .inference import MultiScalePredictor
+from .output_dir import save_figure, write_atomic
 
 __all__ = ['EvalResult', 'evaluate_folder', 'list_imagefolder', 'error_table', 'table_from_predictions',
-           'format_table6', 'write_atomic']
+           'format_table6']
 
 TOPK = 5
 MULTI_SCALE = 'multi-scale'
@@ -42,21 +43,6 @@ class EvalResult:
     def summary(self) -> str:
         return (f'{self.num_images} images evaluated, {len(self.skipped)} skipped'
                 + (f' (listed in {self.files["skipped.txt"]})' if self.skipped and 'skipped.txt' in self.files else ''))
-
-
-def write_atomic(path: Path, data: Union[str, bytes, Callable[[Path], None]]) -> None:
-    """Write ``path`` through a temp file in the same folder: it is either complete or absent."""
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        if callable(data):
-            data(tmp)
-        elif isinstance(data, str):
-            tmp.write_text(data, encoding='utf-8')
-        else:
-            tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def list_imagefolder(root: Union[str, os.PathLike]) -> Tuple[List[Tuple[str, int]], Dict[str, int], List[str]]:
@@ -161,8 +147,7 @@ def _plot(rows: List[Dict[str, object]], path: Path, title: str) -> None:
     axes[0].legend(title='views')
     fig.suptitle(title)
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format='png'))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def evaluate_folder(

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
+from ..output_dir import save_figure
 from .machine import machine_rows
 from .memory import MEMORY_METHOD
 
@@ -205,10 +206,7 @@ def _plots(results: Dict, out: Path) -> Dict[str, str]:
 
 def _save(fig, path: Path) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, path).name
 
 
 # ---------------------------------------------------------------------------------------------------------------

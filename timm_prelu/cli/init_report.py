@@ -1,0 +1,75 @@
+"""`timm-prelu init-report MODEL`: which rectifier each layer's He init used, and the response / gradient std per
+layer after He and Xavier init (the paper's section 2.2), as a table and a log-scale plot."""
+import argparse
+
+
+def _kwarg(text: str):
+    key, sep, value = text.partition('=')
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f'expected KEY=VALUE, got {text!r}')
+    import ast
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        'init-report', help='per-layer std of responses and gradients after He / Xavier init',
+        description='Initialise MODEL with each rule, push one random batch through it and report, per conv / fc '
+                    'layer, the std of its responses (forward) and of their gradients (backward).')
+    p.add_argument('model', metavar='MODEL',
+                   help='a timm model name (e.g. vgg19, prelu_model_a) or plainN (e.g. plain30: the plain N-layer '
+                        'ReLU net of `timm-prelu reproduce depth`)')
+    p.add_argument('--init', nargs='+', choices=('he', 'xavier'), default=['he', 'xavier'],
+                   help='init rules to compare (default: both)')
+    p.add_argument('--mode', choices=('fan_in', 'fan_out'), default='fan_in',
+                   help="He: forward case n = k^2 c ('fan_in') or backward case n = k^2 d ('fan_out')")
+    p.add_argument('--xavier-mode', choices=('avg', 'fan_in', 'fan_out'), default='avg',
+                   help="Xavier: Glorot's 2 / (n_in + n_out) ('avg') or the paper's n Var[w] = 1 ('fan_in')")
+    p.add_argument('--strict-first-layer', action='store_true',
+                   help='He: n Var[w] = 1 for the first layer instead of keeping the 1/2 factor')
+    p.add_argument('--img-size', type=int, default=None, help="input side (default: the model's configured size)")
+    p.add_argument('--batch-size', type=int, default=8, help='images in the probe batch (default: 8)')
+    p.add_argument('--seed', type=int, default=0, help='seed of the weights, the batch and the output gradient')
+    p.add_argument('--model-kwargs', nargs='*', type=_kwarg, default=[], metavar='KEY=VALUE',
+                   help='extra model arguments, e.g. width_mult=0.25 fc_dim=256')
+    p.add_argument('--depth-plot', metavar='PNG', default=None,
+                   help='also write the std per layer, one line per rule, to this PNG')
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from ..errors import UserError
+    from ..init import he_init_
+    from ..variance_probe import create_model, format_probe_table, plot_probe, probe_inits
+    if args.batch_size < 1:
+        raise UserError(f'--batch-size must be at least 1, got {args.batch_size}')
+    from ..plain_net import is_plain_net_name
+    model_kwargs = dict(args.model_kwargs)
+    if is_plain_net_name(args.model) and args.img_size is not None:
+        model_kwargs.setdefault('img_size', args.img_size)  # a plain net's fc1 is sized for its input
+    model = create_model(args.model, **model_kwargs)
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    chans, height, width = cfg.get('input_size', (3, 224, 224))
+    if args.img_size is not None:
+        height = width = args.img_size
+    x = torch.randn(args.batch_size, chans, height, width, generator=torch.Generator().manual_seed(args.seed))
+    kwargs = {'he': {'mode': args.mode, 'strict_first_layer': args.strict_first_layer, 'example_input': x[:1]},
+              'xavier': {'mode': args.xavier_mode}}
+    if 'he' in args.init:
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # the table below lists unmatched layers
+            print(he_init_(model, **kwargs['he']).format_table())
+            print()
+    results = probe_inits(model, x, args.init, seed=args.seed, init_kwargs=kwargs)
+    print(f'{args.model}: std per layer for a batch of {args.batch_size} x {chans} x {height} x {width} N(0, 1) '
+          f'images and an N(0, 1) output gradient')
+    print(format_probe_table(results))
+    if args.depth_plot:
+        path = plot_probe(results, args.depth_plot, title=f'{args.model}: std per layer at init')
+        print(f'plot: {path}')
+    return 0
