@@ -22,7 +22,7 @@ GPU_ONLY_SECTIONS = ('train',)
 TABLES: Dict[str, Tuple[str, List[Tuple[str, str]]]] = {
     'summary': ('summary.csv', [('figure', 'figure'), ('value', 'value'), ('unit', 'unit'), ('detail', 'detail')]),
     'peak': ('matmul_peak.csv', [
-        ('when', 'when'), ('n', 'matrix side'), ('precision', 'precision'), ('repeats', 'repeats'),
+        ('when', 'when'), ('kernel', 'kernel'), ('n', 'matrix side'), ('precision', 'precision'), ('repeats', 'repeats'),
         ('median_ms', 'median (ms)'), ('q1_ms', 'q1 (ms)'), ('q3_ms', 'q3 (ms)'), ('gflops', 'GFLOP/s (median)'),
         ('gflops_best', 'GFLOP/s (best)'), ('used_as_peak', 'used as the peak')]),
     'activation': ('activation_cost.csv', [
@@ -262,7 +262,8 @@ def _method_lines(results: Dict) -> List[str]:
         'Runtime it is measured on the first run of a fresh session, when its arena grows.',
         '- FLOPs = 2 x multiply-adds counted by PyTorch\'s FlopCounterMode (convolutions and fc layers). '
         'Achieved GFLOP/s = FLOPs of the call / median time; the peak is the median GFLOP/s of a '
-        f'{s["matmul_n"]} x {s["matmul_n"]} float32 matrix multiply on the same device in the same run.',
+        f'{s["matmul_n"]} x {s["matmul_n"]} float32 matrix multiply on the same device in the same run, through '
+        'the fastest of the GEMM libraries the paths use (see the next section).',
         '- Weights are random (He init): speed does not depend on their values; score differences in section 4 '
         'are those of an untrained network.',
     ]
@@ -320,8 +321,14 @@ def write_report(results: Dict, out: Path) -> Path:
     md += ['', '## Key figures', '', render_table('summary', tables['summary'])]
     md += ['', '## How it was measured', ''] + _method_lines(results)
     md += ['', '## The practical peak: a large matrix multiply', '',
-           'Measured at the start and at the end of the run (a drift between the two shows a machine that was '
-           'not quiet); the higher of the two medians is the peak used below.', '',
+           'The same product through each GEMM library behind the paths: `torch.mm` (MKL on a CPU, cuBLAS on a '
+           'GPU), on a CPU also a 1x1 convolution (oneDNN, which runs PyTorch\'s convolutions) and an ONNX '
+           'Runtime `MatMul` (MLAS). MKL runs well below the machine\'s limit on AMD CPUs, so `torch.mm` alone '
+           'would understate the peak. Measured at the start and at the end of the run (a drift between the two '
+           'shows a machine that was not quiet); the highest median is the peak used below. A fraction of peak '
+           'a little above 1 means a convolution kernel beat the libraries\' own GEMM (e.g. fused, blocked '
+           'layouts); nominal FLOPs are counted, so an algorithm that skips multiplies (Winograd) also shows '
+           'above 1.', '',
            render_table('peak', tables['peak'])]
 
     if 'activation' in tables:

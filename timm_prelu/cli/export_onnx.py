@@ -1,24 +1,10 @@
 """`timm-prelu export-onnx`: a PReLU-net to ONNX (dynamic batch / height / width, timm config in the metadata)."""
 import argparse
-import ast
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 from ..errors import UserError
-
-
-def parse_model_kwargs(items: Optional[List[str]]) -> Dict[str, Any]:
-    """K=V pairs as train.py's --model-kwargs reads them: Python literals, else strings."""
-    kwargs: Dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition('=')
-        if not sep or not key:
-            raise UserError(f'--model-kwargs expects key=value pairs, got {item!r} (e.g. width_mult=0.125 fc_dim=64)')
-        try:
-            kwargs[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            kwargs[key] = value
-    return kwargs
+from ._args import parse_model_kwargs
 
 
 def read_label_names(source: Optional[str]) -> Optional[List[str]]:

@@ -2,16 +2,7 @@
 layer after He and Xavier init (the paper's section 2.2), as a table and a log-scale plot."""
 import argparse
 
-
-def _kwarg(text: str):
-    key, sep, value = text.partition('=')
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f'expected KEY=VALUE, got {text!r}')
-    import ast
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value
+from ._args import parse_model_kwargs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--img-size', type=int, default=None, help="input side (default: the model's configured size)")
     p.add_argument('--batch-size', type=int, default=8, help='images in the probe batch (default: 8)')
     p.add_argument('--seed', type=int, default=0, help='seed of the weights, the batch and the output gradient')
-    p.add_argument('--model-kwargs', nargs='*', type=_kwarg, default=[], metavar='KEY=VALUE',
+    p.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE',
                    help='extra model arguments, e.g. width_mult=0.25 fc_dim=256')
     p.add_argument('--depth-plot', metavar='PNG', default=None,
                    help='also write the std per layer, one line per rule, to this PNG')
@@ -48,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f'--batch-size must be at least 1, got {args.batch_size}')
     from ..plain_net import is_plain_net_name
-    model_kwargs = dict(args.model_kwargs)
+    model_kwargs = parse_model_kwargs(args.model_kwargs)
     if is_plain_net_name(args.model) and args.img_size is not None:
         model_kwargs.setdefault('img_size', args.img_size)  # a plain net's fc1 is sized for its input
     model = create_model(args.model, **model_kwargs)

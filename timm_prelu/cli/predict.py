@@ -4,7 +4,8 @@ from pathlib import Path
 from typing import List
 
 from ..errors import UserError
-from .export_onnx import add_model_source_args, parse_model_kwargs
+from ._args import parse_model_kwargs
+from .export_onnx import add_model_source_args
 
 
 def add_predictor_args(p: argparse.ArgumentParser) -> None:

@@ -1,22 +1,7 @@
 """`timm-prelu push`: publish a train.py checkpoint on the Hugging Face Hub in timm's layout (one commit)."""
 import argparse
-import ast
-from typing import Any, Dict, List, Optional
 
-
-def _parse_kwargs(items: Optional[List[str]]) -> Dict[str, Any]:
-    """k=v pairs as train.py's --model-kwargs reads them: Python literals, else strings."""
-    from ..errors import UserError
-    kwargs: Dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition('=')
-        if not sep or not key:
-            raise UserError(f'--model-kwargs expects key=value pairs, got {item!r} (e.g. width_mult=0.5 fc_dim=1024)')
-        try:
-            kwargs[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            kwargs[key] = value
-    return kwargs
+from ._args import parse_model_kwargs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
             labels = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
         except OSError as e:
             raise UserError(f'cannot read --labels {args.labels}: {e.strerror}: pass a text file, one class per line')
-    common = dict(use_ema=args.ema, model_name=args.model, model_kwargs=_parse_kwargs(args.model_kwargs),
+    common = dict(use_ema=args.ema, model_name=args.model, model_kwargs=parse_model_kwargs(args.model_kwargs),
                   label_names=labels, dataset=args.dataset, license=args.license, onnx=args.onnx)
     if args.dry_run:
         folder = build_hub_folder(args.checkpoint, args.dry_run, args.repo_id, **common)

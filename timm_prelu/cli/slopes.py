@@ -1,7 +1,7 @@
 """`timm-prelu slopes CHECKPOINT_OR_MODEL`: learned PReLU slopes per layer, by depth (the paper's Table 1)."""
 import argparse
 
-from .init_report import _kwarg
+from ._args import parse_model_kwargs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         'or a timm model name (e.g. prelu_model_a)')
     p.add_argument('--model', default=None,
                    help='architecture of the weights, when the file does not record it (e.g. a bare .safetensors)')
-    p.add_argument('--model-kwargs', nargs='*', type=_kwarg, default=[], metavar='KEY=VALUE',
+    p.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE',
                    help='model arguments, e.g. width_mult=0.125 fc_dim=64 (override what the checkpoint records)')
     p.add_argument('--ema', action='store_true', help="read the checkpoint's EMA weights (train.py --model-ema)")
     p.add_argument('--pretrained', action='store_true', help='for a model name: download its pretrained weights')
@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..slopes import format_slopes, load_slopes, plot_slopes
-    rows = load_slopes(args.source, model_name=args.model, model_kwargs=dict(args.model_kwargs) or None,
+    rows = load_slopes(args.source, model_name=args.model, model_kwargs=parse_model_kwargs(args.model_kwargs) or None,
                        use_ema=args.ema, pretrained=args.pretrained)
     print(format_slopes(rows))
     if args.plot:
