@@ -100,7 +100,11 @@ def test_rerun_into_existing_folder_is_refused(demo_run):
 def test_ctrl_c_leaves_nothing_that_looks_finished(tmp_path):
     out = tmp_path / 'run'
     partial = tmp_path / 'run.partial'
-    proc = subprocess.Popen([sys.executable, '-m', 'timm_prelu', 'demo', '--quick', '--out', str(out)],
+    # As a terminal's Ctrl-C finds it: a job started in the background by a non-interactive shell (as CI may run
+    # the suite) inherits SIGINT ignored, and Python then leaves it ignored; restore Python's own handler.
+    cli = ('import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); '
+           'sys.argv = ["timm-prelu", *sys.argv[1:]]; runpy.run_module("timm_prelu", run_name="__main__")')
+    proc = subprocess.Popen([sys.executable, '-c', cli, 'demo', '--quick', '--out', str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
     while not (partial / 'train').exists() and time.time() < deadline and proc.poll() is None:
