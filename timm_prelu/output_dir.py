@@ -53,13 +53,12 @@ def write_atomic(path: Union[str, os.PathLike], data: Union[str, bytes, Callable
         tmp.unlink(missing_ok=True)
 
 
-def save_figure(fig, path: Union[str, os.PathLike], dpi: int = 110, close: bool = True) -> Path:
+def save_figure(fig, path: Union[str, os.PathLike], dpi: int = 110) -> Path:
     """Save a matplotlib figure as PNG atomically (see :func:`write_atomic`), then close it."""
+    import matplotlib.pyplot as plt
     path = Path(path)
     try:
         write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format='png'))
     finally:
-        if close:
-            import matplotlib.pyplot as plt
-            plt.close(fig)
+        plt.close(fig)
     return path

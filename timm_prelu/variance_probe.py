@@ -11,16 +11,16 @@ import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 from .errors import UserError
-from .init import LAYER_TYPES, init_weights_
+from .init import LAYER_TYPES, InitReport, init_weights_
 from .output_dir import save_figure
 
-__all__ = ['LayerStats', 'probe_variance', 'probe_inits', 'format_probe_table', 'summarize_probe',
+__all__ = ['LayerStats', 'probe_variance', 'probe_rule', 'probe_inits', 'format_probe_table', 'summarize_probe',
            'plot_probe', 'create_model']
 
 
@@ -81,6 +81,19 @@ def probe_variance(
     return stats
 
 
+def probe_rule(
+        model: nn.Module,
+        x: torch.Tensor,
+        rule: str,
+        seed: int = 0,
+        **init_kwargs: Any,
+) -> Tuple[InitReport, List[LayerStats]]:
+    """Initialise a copy of ``model`` with ``rule`` (``init_kwargs`` go to it) and probe it: (init report, stats)."""
+    model_copy = copy.deepcopy(model)
+    report = init_weights_(model_copy, rule, generator=torch.Generator().manual_seed(seed), **init_kwargs)
+    return report, probe_variance(model_copy, x, generator=torch.Generator().manual_seed(seed + 1))
+
+
 def probe_inits(
         model: nn.Module,
         x: torch.Tensor,
@@ -89,13 +102,7 @@ def probe_inits(
         init_kwargs: Optional[Mapping[str, Mapping[str, Any]]] = None,
 ) -> Dict[str, List[LayerStats]]:
     """Probe a copy of ``model`` initialised with each rule (same seed); ``init_kwargs[rule]`` go to the rule."""
-    results = {}
-    for rule in rules:
-        model_copy = copy.deepcopy(model)
-        kwargs = dict((init_kwargs or {}).get(rule, {}))
-        init_weights_(model_copy, rule, generator=torch.Generator().manual_seed(seed), **kwargs)
-        results[rule] = probe_variance(model_copy, x, generator=torch.Generator().manual_seed(seed + 1))
-    return results
+    return {rule: probe_rule(model, x, rule, seed, **(init_kwargs or {}).get(rule, {}))[1] for rule in rules}
 
 
 def summarize_probe(results: Mapping[str, List[LayerStats]]) -> Dict[str, Dict[str, float]]:

@@ -32,10 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import warnings
+
     import torch
     from ..errors import UserError
-    from ..init import he_init_
-    from ..variance_probe import create_model, format_probe_table, plot_probe, probe_inits
+    from ..variance_probe import create_model, format_probe_table, plot_probe, probe_rule
     if args.batch_size < 1:
         raise UserError(f'--batch-size must be at least 1, got {args.batch_size}')
     from ..plain_net import is_plain_net_name
@@ -50,13 +51,13 @@ def run(args: argparse.Namespace) -> int:
     x = torch.randn(args.batch_size, chans, height, width, generator=torch.Generator().manual_seed(args.seed))
     kwargs = {'he': {'mode': args.mode, 'strict_first_layer': args.strict_first_layer, 'example_input': x[:1]},
               'xavier': {'mode': args.xavier_mode}}
-    if 'he' in args.init:
-        import warnings
+    results = {}
+    for rule in args.init:
         with warnings.catch_warnings():
-            warnings.simplefilter('ignore')  # the table below lists unmatched layers
-            print(he_init_(model, **kwargs['he']).format_table())
-            print()
-    results = probe_inits(model, x, args.init, seed=args.seed, init_kwargs=kwargs)
+            warnings.simplefilter('ignore')  # the He table lists the unmatched layers
+            report, results[rule] = probe_rule(model, x, rule, args.seed, **kwargs[rule])
+        if rule == 'he':
+            print(report.format_table() + '\n')
     print(f'{args.model}: std per layer for a batch of {args.batch_size} x {chans} x {height} x {width} N(0, 1) '
           f'images and an N(0, 1) output gradient')
     print(format_probe_table(results))
