@@ -21,7 +21,7 @@ NUM_CLASSES = 10
 @pytest.fixture(scope='session')
 def digits_folder(tmp_path_factory) -> Path:
     """train/ and val/ ImageFolders of 32x32 RGB digits, 30 images per class."""
-    from timm_prelu.datasets import make_digits_imagefolder
+    from timm_prelu.demo.datasets import make_digits_imagefolder
     root = tmp_path_factory.mktemp('digits')
     make_digits_imagefolder(root, size=TINY_IMG_SIZE, per_class=30, val_fraction=0.3, seed=0)
     return root
@@ -72,7 +72,7 @@ def narrow_a_export(tmp_path_factory):
     """The narrow model A (seed 0), freshly built, and its --split export (written once per session)."""
     import timm
     import torch
-    from timm_prelu.onnx_export import export_onnx
+    from timm_prelu.onnx_model.export import export_onnx
     torch.manual_seed(0)
     model = timm.create_model('prelu_model_a', **ONNX_NARROW).eval()
     path = tmp_path_factory.getbasetemp() / 'narrow-a-seed0' / 'a.onnx'

@@ -19,7 +19,7 @@ from timm.optim import create_optimizer_v2
 from timm.utils import init_distributed_device
 
 import timm_prelu  # noqa: F401  (registers the models, as train.py --device-modules does)
-from timm_prelu.datasets import digits_images
+from timm_prelu.demo.datasets import digits_images
 
 MODEL = 'prelu_model_a'
 MODEL_KWARGS = dict(width_mult=0.125, fc_dim=64, num_classes=10, drop_rate=0.5)

@@ -236,7 +236,7 @@ def test_cli_sections_match_the_library():
 
 def test_train_throughput_command_is_valid_for_upstream_train_py(train_script, tmp_path):
     from timm_prelu.benchmark.train_throughput import train_command
-    from timm_prelu.training import parse_train_args
+    from timm_prelu.training.launcher import parse_train_args
     cmd = train_command(train_script, tmp_path / 'data', tmp_path / 'out', 'prelu_model_a', 64, 224, 2)
     assert cmd[1] == str(train_script)
     args = parse_train_args(cmd[2:], train_script)

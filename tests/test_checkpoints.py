@@ -6,7 +6,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from timm_prelu.checkpoints import create_model_from_checkpoint, label_names_from_args, read_checkpoint
+from timm_prelu.sources.checkpoints import create_model_from_checkpoint, label_names_from_args, read_checkpoint
 from timm_prelu.errors import UserError
 
 

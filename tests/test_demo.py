@@ -41,7 +41,7 @@ def test_demo_writes_every_artefact(demo_run):
 
 
 def test_report_table_is_recomputed_from_saved_predictions(demo_run):
-    from timm_prelu.evaluation import table_from_predictions
+    from timm_prelu.inference.evaluation import table_from_predictions
     summary = json.loads((demo_run / 'summary.json').read_text())
     report = (demo_run / 'report.md').read_text()
     for act in ACTS:
@@ -58,8 +58,8 @@ def test_report_table_is_recomputed_from_saved_predictions(demo_run):
 def test_onnx_matches_pytorch_on_real_images(demo_run):
     import timm
     import timm_prelu  # noqa: F401
-    from timm_prelu.demo import _val_batch
-    from timm_prelu.onnx_runtime import OnnxModel
+    from timm_prelu.demo.pipeline import _val_batch
+    from timm_prelu.onnx_model.runtime import OnnxModel
     cfg = json.loads((demo_run / 'summary.json').read_text())['config']
     x = _val_batch(demo_run / 'data', cfg['img_size'], n=8)
     for act in ACTS:
@@ -76,7 +76,7 @@ def test_hub_folder_loads_with_plain_timm_and_matches_checkpoint(demo_run):
     # a fresh interpreter: only timm's own loading path, timm_prelu imported just to register the architecture
     code = (
         'import sys, timm, timm_prelu, torch\n'
-        'from timm_prelu.checkpoints import read_checkpoint\n'
+        'from timm_prelu.sources.checkpoints import read_checkpoint\n'
         'm = timm.create_model("local-dir:" + sys.argv[1], pretrained=True)\n'
         'ck = read_checkpoint(sys.argv[2]).state_dict\n'
         'sd = m.state_dict()\n'

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from timm_prelu.cli import main
-from timm_prelu.depth_experiment import DepthConfig, DepthRun, digits_tensors, train_plain_net
+from timm_prelu.init.depth import DepthConfig, DepthRun, digits_tensors, train_plain_net
 
 STEPS = 150  # He's smoothed loss is halved after 105-195 iterations (seeds 0-5), Xavier's flat for thousands
 

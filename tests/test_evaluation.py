@@ -12,9 +12,9 @@ import timm
 import timm_prelu  # noqa: F401
 from timm_prelu.cli import main
 from timm_prelu.errors import UserError
-from timm_prelu.evaluation import error_table, evaluate_folder, format_table6, table_from_predictions
-from timm_prelu.inference import MultiScalePredictor, OnnxBackend, TorchBackend
-from timm_prelu.onnx_export import resolve_model
+from timm_prelu.inference.evaluation import error_table, evaluate_folder, format_table6, table_from_predictions
+from timm_prelu.inference.predictor import MultiScalePredictor, OnnxBackend, TorchBackend
+from timm_prelu.onnx_model.export import resolve_model
 
 KWARGS = {'width_mult': 0.125, 'fc_dim': 64}
 VIEWS = ('full', 'center', 'dense')

@@ -17,10 +17,10 @@ import timm
 import torch
 
 from hub_server import Fault, HubServer, client_env, point_client_at
-from timm_prelu.checkpoints import read_checkpoint
+from timm_prelu.sources.checkpoints import read_checkpoint
 from timm_prelu.cli import main as cli
 from timm_prelu.errors import UserError
-from timm_prelu.hub import download_model, load_pretrained, push_checkpoint, recorded_metrics
+from timm_prelu.hub.publish import download_model, load_pretrained, push_checkpoint, recorded_metrics
 
 WRITE_TOKEN, READ_TOKEN = 'hf_write_token', 'hf_read_token'
 REPO = 'timm-prelu/prelu_model_a.in1k'  # the registry tag's hf_hub_id

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from timm_prelu.errors import UserError
-from timm_prelu.images import ImageError, load_image
+from timm_prelu.inference.images import ImageError, load_image
 
 
 @pytest.fixture

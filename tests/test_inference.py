@@ -17,10 +17,10 @@ from skimage import data as skdata
 
 from timm_prelu.cli import main
 from timm_prelu.errors import UserError
-from timm_prelu.images import ImageError
-from timm_prelu.inference import (
+from timm_prelu.inference.images import ImageError
+from timm_prelu.inference.predictor import (
     MultiScalePredictor, OnnxBackend, TorchBackend, crop_window_logits, softmax, window_positions)
-from timm_prelu.onnx_runtime import OnnxModelError
+from timm_prelu.onnx_model.runtime import OnnxModelError
 
 from conftest import narrow_a_export
 TOL = 1e-4

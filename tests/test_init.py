@@ -11,7 +11,7 @@ import torchvision
 import timm_prelu  # noqa: F401  (registers the PReLU-nets)
 from timm_prelu.errors import UserError
 from timm_prelu.init import find_rectifiers, he_init_, init_weights_, xavier_init_
-from timm_prelu.plain_net import PlainNet
+from timm_prelu.init.plain_net import PlainNet
 
 
 def weights(model):

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 import timm_prelu  # noqa: F401  (registers the models)
 from timm_prelu.cli import main
-from timm_prelu.complexity import PAPER_MACS, count_macs, count_params
+from timm_prelu.models.complexity import PAPER_MACS, count_macs, count_params
 from timm_prelu.errors import UserError
 from timm_prelu.models import HUB_ORG, PReLUNet, PretrainedMismatchError
 

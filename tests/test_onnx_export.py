@@ -10,9 +10,9 @@ import torch
 import timm
 import timm_prelu  # noqa: F401
 from timm_prelu.errors import UserError
-from timm_prelu import onnx_export
-from timm_prelu.onnx_export import OnnxExport, export_onnx, resolve_model, split_paths
-from timm_prelu.onnx_runtime import METADATA_KEY, OnnxModel, read_metadata
+from timm_prelu.onnx_model import export as onnx_export
+from timm_prelu.onnx_model.export import OnnxExport, export_onnx, resolve_model, split_paths
+from timm_prelu.onnx_model.runtime import METADATA_KEY, OnnxModel, read_metadata
 
 from conftest import ONNX_LABELS as LABELS, ONNX_NARROW as NARROW, narrow_a_export
 SIZES = [(16, 16), (97, 131), (224, 224), (257, 383), (480, 640)]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from timm_prelu.onnx_runtime import METADATA_KEY, OnnxModel, OnnxModelError, read_metadata, select_providers
+from timm_prelu.onnx_model.runtime import METADATA_KEY, OnnxModel, OnnxModelError, read_metadata, select_providers
 
 from conftest import ONNX_LABELS as LABELS, narrow_a_export
 HAS_CUDA_PROVIDER = 'CUDAExecutionProvider' in ort.get_available_providers()

@@ -3,7 +3,7 @@ import safetensors.torch
 import torch
 
 from timm_prelu.cli import main
-from timm_prelu.slopes import load_slopes
+from timm_prelu.init.slopes import load_slopes
 
 
 def checkpoint_state_dict(path):

@@ -15,7 +15,7 @@ import timm
 import timm_prelu  # noqa: F401
 from timm_prelu.cli import main as cli_main
 from timm_prelu.errors import UserError
-from timm_prelu.training import (
+from timm_prelu.training.launcher import (
     build_train_command, find_recipe, find_train_script, list_recipes, load_recipe, parse_train_args,
     train_option_names)
 

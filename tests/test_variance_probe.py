@@ -19,8 +19,8 @@ import torch
 
 from timm_prelu.cli import main
 from timm_prelu.init import init_weights_
-from timm_prelu.plain_net import PlainNet
-from timm_prelu.variance_probe import format_probe_table, plot_probe, probe_inits, probe_variance
+from timm_prelu.init.plain_net import PlainNet
+from timm_prelu.init.probe import format_probe_table, plot_probe, probe_inits, probe_variance
 
 WIDTH = 64
 SEEDS = (0, 1, 2)

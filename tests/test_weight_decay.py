@@ -5,7 +5,7 @@ import torch.nn as nn
 from timm.models import create_model
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 
-from timm_prelu.training import find_recipe, parse_train_args
+from timm_prelu.training.launcher import find_recipe, parse_train_args
 
 from conftest import NUM_CLASSES, TINY_KWARGS
 

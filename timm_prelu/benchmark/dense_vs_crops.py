@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..inference import MultiScalePredictor, TorchBackend, crop_window_logits, softmax, window_positions
+from ..inference.predictor import MultiScalePredictor, TorchBackend, crop_window_logits, softmax, window_positions
 from .timer import interleaved, repeats_for_budget, sync_for
 
 __all__ = ['dense_vs_crops', 'EXACT_TOLERANCE']

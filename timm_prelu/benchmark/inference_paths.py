@@ -20,7 +20,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from ..complexity import count_macs, count_params
+from ..models.complexity import count_macs, count_params
 from .memory import peak_memory_mib
 from .timer import interleaved, sync_for
 
@@ -89,7 +89,7 @@ def _ort_runner(onnx_path: Path, x: torch.Tensor, ref: torch.Tensor, device: str
     if plain:
         run = _plain_session(onnx_path, device, threads)
     else:
-        from ..onnx_runtime import OnnxModel
+        from ..onnx_model.runtime import OnnxModel
         run = OnnxModel(onnx_path, providers=device, threads=threads).run
     arg = x if device != 'cpu' else x.numpy()
 
@@ -107,7 +107,7 @@ def _ort_runner(onnx_path: Path, x: torch.Tensor, ref: torch.Tensor, device: str
 def _plain_session(path: Path, device: str, threads: int) -> Callable:
     import numpy as np
     import onnxruntime as ort
-    from ..onnx_runtime import select_providers
+    from ..onnx_model.runtime import select_providers
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     providers = select_providers('cuda' if device != 'cpu' else 'cpu')  # refuses a provider that is missing
@@ -142,7 +142,7 @@ def _export(model: nn.Module, spec: ModelSpec, path: Path, fp16: bool, img_size:
     """Write the ONNX graph: the project's exporter for PReLU-nets (dynamic batch / height / width); for a peer
     model a plain ``torch.onnx.export`` with a dynamic batch at this image size."""
     if _is_prelu_net(model):
-        from ..onnx_export import export_onnx
+        from ..onnx_model.export import export_onnx
         export_onnx(model, path, fp16=fp16, model_name=spec.name, verify=False)
         return
     import copy
@@ -171,7 +171,7 @@ class _Exports:
             try:
                 _export(self.model, self.spec, file, fp16, img_size)
                 self.files[key] = (file, '')
-                how = f'plain torch.onnx.export at {img_size}px' if self.plain else 'timm_prelu.onnx_export'
+                how = f'plain torch.onnx.export at {img_size}px' if self.plain else 'timm_prelu.onnx_model.export'
                 self.notes.append(f'{self.spec.label}: ONNX export ({"fp16" if fp16 else "fp32"}, {how}) took '
                                   f'{time.perf_counter() - start:.1f} s')
             except Exception as e:  # reported in the table; the other paths still run

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
-from ..output_dir import save_figure
+from ..outputs import save_figure
 from .machine import machine_rows
 from .memory import MEMORY_METHOD
 

@@ -170,7 +170,7 @@ def run_benchmarks(
         overwrite: Replace an existing report folder.
         command: The command line to print in the report.
     """
-    from ..output_dir import finished_output_dir
+    from ..outputs import finished_output_dir
     device = _check_device(device)
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown or not sections:

@@ -10,7 +10,7 @@ import numpy as np
 import timm
 import torch
 
-from ..complexity import count_macs
+from ..models.complexity import count_macs
 from .memory import peak_memory_mib
 from .timer import interleaved, sync_for
 

@@ -52,8 +52,8 @@ def train_throughput(
         timeout_s: float = 600,
 ) -> List[Dict]:
     """One short upstream train.py run per model; returns images/s (median of the logged rates) per model."""
-    from ..datasets import make_digits_imagefolder
-    from ..training import find_train_script
+    from ..demo.datasets import make_digits_imagefolder
+    from ..training.launcher import find_train_script
     script = find_train_script(script)
     data = Path(workdir) / 'digits'
     if not (data / 'train').is_dir():

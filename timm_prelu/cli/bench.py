@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--device', default='cpu', choices=('cpu', 'cuda'), help='device to benchmark (default: cpu)')
     p.add_argument('--quick', action='store_true',
                    help='narrow networks, small inputs, few repeats: checks that everything runs (about a minute)')
-    p.add_argument('--out', default='benchmarks/results', help='output folder (default: benchmarks/results)')
+    p.add_argument('--out', default='docs/benchmarks/results', help='output folder (default: docs/benchmarks/results)')
     p.add_argument('--sections', nargs='+', choices=SECTIONS, default=list(SECTIONS), metavar='SECTION',
                    help=f'sections to run (default: all): {", ".join(SECTIONS)}; "paths" includes the efficiency '
                         f'table; "train" (upstream train.py throughput) needs --device cuda')

@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
-    from ..demo import DemoConfig, run_demo
+    from ..demo.pipeline import DemoConfig, run_demo
     kwargs = dict(out=Path(args.out), overwrite=args.overwrite, seed=args.seed, timm_script=args.timm_script,
                   repo_id=args.repo_id, providers=args.providers)
     if args.epochs is not None:

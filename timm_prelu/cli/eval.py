@@ -21,8 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import evaluate_folder
-    from ..images import DEFAULT_MAX_IMAGE_PIXELS
+    from ..inference.evaluation import evaluate_folder
+    from ..inference.images import DEFAULT_MAX_IMAGE_PIXELS
     predictor = build_predictor(args)
     result = evaluate_folder(predictor, args.data, out=args.out, limit=args.limit, progress=args.progress,
                              max_image_pixels=args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS,

@@ -63,8 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..onnx_export import export_onnx
-    from ..onnx_runtime import read_metadata
+    from ..onnx_model.export import export_onnx
+    from ..onnx_model.runtime import read_metadata
     result = export_onnx(
         args.model, args.output, opset=args.opset, fp16=args.fp16, split=args.split, model_name=args.model_name,
         model_kwargs=parse_model_kwargs(args.model_kwargs), num_classes=args.num_classes,

@@ -36,10 +36,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
     from ..errors import UserError
-    from ..variance_probe import create_model, format_probe_table, plot_probe, probe_rule
+    from ..init.probe import create_model, format_probe_table, plot_probe, probe_rule
     if args.batch_size < 1:
         raise UserError(f'--batch-size must be at least 1, got {args.batch_size}')
-    from ..plain_net import is_plain_net_name
+    from ..init.plain_net import is_plain_net_name
     model_kwargs = parse_model_kwargs(args.model_kwargs)
     if is_plain_net_name(args.model) and args.img_size is not None:
         model_kwargs.setdefault('img_size', args.img_size)  # a plain net's fc1 is sized for its input

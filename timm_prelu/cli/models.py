@@ -10,7 +10,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import timm_prelu  # noqa: F401  (registers the models)
-    from ..complexity import complexity_table, format_markdown_table
+    from ..models.complexity import complexity_table, format_markdown_table
     from ..errors import UserError
     try:
         rows = complexity_table(img_size=args.img_size)

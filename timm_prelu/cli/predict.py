@@ -38,7 +38,7 @@ def add_predictor_args(p: argparse.ArgumentParser) -> None:
 
 def build_predictor(args: argparse.Namespace):
     """The MultiScalePredictor the flags describe; prints which backend and provider it uses."""
-    from ..inference import MultiScalePredictor, OnnxBackend, TorchBackend
+    from ..inference.predictor import MultiScalePredictor, OnnxBackend, TorchBackend
     if args.onnx:
         if args.checkpoint or args.model_kwargs or args.num_classes or args.pretrained:
             raise UserError('--checkpoint / --model-kwargs / --num-classes / --pretrained describe a PyTorch model: '
@@ -46,7 +46,7 @@ def build_predictor(args: argparse.Namespace):
         backend = OnnxBackend(args.onnx, providers=args.provider, threads=args.threads)
     else:
         import torch
-        from ..onnx_export import resolve_model
+        from ..onnx_model.export import resolve_model
         spec, name = (args.checkpoint, args.model) if args.checkpoint else (args.model, None)
         model, _ = resolve_model(spec, model_name=name, model_kwargs=parse_model_kwargs(args.model_kwargs),
                                  num_classes=args.num_classes, pretrained=args.pretrained)
@@ -87,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, load_image
+    from ..inference.images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, load_image
     predictor = build_predictor(args)
     max_pixels = args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS
     done, skipped = 0, 0

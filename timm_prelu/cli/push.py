@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
     from ..errors import UserError
-    from ..hub import build_hub_folder, push_checkpoint
+    from ..hub.publish import build_hub_folder, push_checkpoint
     labels = None
     if args.labels:
         try:

@@ -4,7 +4,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..depth_experiment import DepthConfig
+    from ..init.depth import DepthConfig
     defaults = DepthConfig()
     p = subparsers.add_parser(
         'reproduce', help="reproduce the paper's depth experiment (He vs Xavier init, 22 / 30 layers)",
@@ -29,13 +29,13 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import torch
-    from ..depth_experiment import DepthConfig, format_summary, run_depth_experiment, write_depth_experiment
+    from ..init.depth import DepthConfig, format_summary, run_depth_experiment, write_depth_experiment
     from ..errors import UserError
     if args.threads < 1:
         raise UserError(f'--threads must be at least 1, got {args.threads}')
     if any(d < 6 for d in args.depths):
         raise UserError(f'--depths must be at least 6 (3 stages of convs and 3 fc layers), got {args.depths}')
-    from ..output_dir import finished_output_dir
+    from ..outputs import finished_output_dir
     config = DepthConfig(steps=args.steps, lr=args.lr, width=args.width)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)

@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..slopes import format_slopes, load_slopes, plot_slopes
+    from ..init.slopes import format_slopes, load_slopes, plot_slopes
     rows = load_slopes(args.source, model_name=args.model, model_kwargs=parse_model_kwargs(args.model_kwargs) or None,
                        use_ema=args.ema, pretrained=args.pretrained)
     print(format_slopes(rows))

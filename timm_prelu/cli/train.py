@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import launch_training
+    from ..training.launcher import launch_training
     train_args = args.train_args[1:] if args.train_args[:1] == ['--'] else args.train_args
     return launch_training(
         train_args, recipe=args.recipe, script=args.timm_script, nproc_per_node=args.nproc_per_node,

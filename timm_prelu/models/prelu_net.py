@@ -19,7 +19,7 @@ from timm.layers import get_device_dtype, register_notrace_function
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ..errors import UserError
+from ..errors import PretrainedMismatchError, UserError
 from ..layers import SpatialPyramidPool, create_rectifier, he_init_layer_, rectifier_slope
 
 __all__ = ['PReLUNet', 'HUB_ORG', 'min_input_size', 'checkpoint_filter_fn', 'PretrainedMismatchError']
@@ -37,10 +37,6 @@ STEM_WIDTH = 96
 ACTS = ('prelu', 'prelu_shared', 'relu')
 POOLS = ('spp', '')
 HEAD_LAYERS = ('pool', 'fc1', 'act1', 'drop1', 'fc2', 'act2', 'drop2')
-
-
-class PretrainedMismatchError(UserError, ValueError):
-    """A checkpoint whose tensors do not fit the model it is loaded into."""
 
 
 def min_input_size(num_stages: int = 3) -> int:

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from .errors import UserError
+from ..errors import UserError
 from .images import ImageError
 
 __all__ = [
@@ -172,7 +172,7 @@ class OnnxBackend:
             providers: 'auto', 'cpu', 'cuda' (see ``onnx_runtime.select_providers``).
             threads: CPU intra-op threads per session (default: onnxruntime's choice).
         """
-        from .onnx_runtime import OnnxModel, OnnxModelError
+        from ..onnx_model.runtime import OnnxModel, OnnxModelError
 
         def load(x):
             return x if x is None or isinstance(x, OnnxModel) else OnnxModel(x, providers=providers, threads=threads)

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ['TrainCheckpoint', 'read_checkpoint', 'create_model_from_checkpoint', 'check_state_dict_fits',
            'label_names_from_args']

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import yaml
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = [
     'TRAIN_SCRIPT_ENV', 'RECIPES_DIR', 'find_train_script', 'list_recipes', 'find_recipe', 'load_recipe',

@@ -25,9 +25,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .errors import UserError
-from .inference import receptive_field
-from .onnx_runtime import METADATA_FORMAT, METADATA_KEY, PRETRAINED_CFG_KEY
+from ..errors import UserError
+from ..inference.predictor import receptive_field
+from .runtime import METADATA_FORMAT, METADATA_KEY, PRETRAINED_CFG_KEY
 
 __all__ = ['export_onnx', 'resolve_model', 'OnnxExport', 'split_paths', 'CHECKPOINT_SUFFIXES']
 
@@ -116,7 +116,7 @@ def _checkpoint_model(
         num_classes: Optional[int],
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     """Build the model of a train.py checkpoint or .safetensors file (read safely by timm_prelu.checkpoints)."""
-    from .checkpoints import create_model_from_checkpoint, read_checkpoint
+    from ..sources.checkpoints import create_model_from_checkpoint, read_checkpoint
     ckpt = read_checkpoint(path)
     overrides = dict(model_kwargs, **({'num_classes': num_classes} if num_classes is not None else {}))
     model = create_model_from_checkpoint(ckpt, model_name=model_name, model_kwargs=overrides)
@@ -354,7 +354,7 @@ def _metadata(model: nn.Module, model_name: str, source: Dict[str, Any], graph: 
 
 def _verify(path: Path, model: nn.Module, graph: str, fp16: bool, example: torch.Tensor) -> None:
     """Run the written graph once with ONNX Runtime and compare with PyTorch: catches a broken export early."""
-    from .onnx_runtime import OnnxModel
+    from .runtime import OnnxModel
     with torch.no_grad():
         x = example.float()
         ref = _GRAPHS[graph][0](model)(x).cpu().numpy()

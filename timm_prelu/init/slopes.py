@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import torch.nn as nn
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ['LayerSlopes', 'layer_slopes', 'load_slopes', 'format_slopes', 'plot_slopes']
 
@@ -57,7 +57,7 @@ def load_slopes(
     """
     source = str(source)
     if os.path.exists(source) or _looks_like_path(source):
-        from .checkpoints import create_model_from_checkpoint, read_checkpoint
+        from ..sources.checkpoints import create_model_from_checkpoint, read_checkpoint
         model = create_model_from_checkpoint(read_checkpoint(source, use_ema=use_ema), model_name, model_kwargs)
     else:
         import timm
@@ -93,7 +93,7 @@ def plot_slopes(rows: List[LayerSlopes], path: Union[str, os.PathLike], title: s
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    from .output_dir import save_figure
+    from ..outputs import save_figure
     path = Path(path)
     if not path.parent.is_dir():
         raise UserError(f'folder {path.parent} does not exist: create it or pick another --plot path')

@@ -16,10 +16,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, load_image
-from .inference import MultiScalePredictor
-from .output_dir import save_figure, write_atomic
+from .predictor import MultiScalePredictor
+from ..outputs import save_figure, write_atomic
 
 __all__ = ['EvalResult', 'evaluate_folder', 'list_imagefolder', 'error_table', 'table_from_predictions',
            'format_table6']

@@ -13,17 +13,13 @@ from typing import Iterator, List, Optional, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import UserError
+from ..errors import ImageError, UserError
 
 __all__ = ['ImageError', 'LoadedImage', 'load_image', 'to_rgb', 'DEFAULT_MAX_IMAGE_PIXELS']
 
 # PIL's own decompression-bomb threshold (about 89.5 Mpx, 268 MB as RGB); ours is checked before decoding.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 _EXIF_ORIENTATION = 0x0112
-
-
-class ImageError(UserError):
-    """An input file that cannot be used as an image; batch tools report it and skip the file."""
 
 
 @dataclass

@@ -37,9 +37,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .errors import UserError
-from .layers.he_init import fan, he_std
-from .layers.spp import SpatialPyramidPool
+from ..errors import UserError
+from ..layers.he_init import fan, he_std
+from ..layers.spp import SpatialPyramidPool
 
 __all__ = [
     'RectifierLink', 'LayerRectifiers', 'LayerInit', 'InitReport', 'INIT_RULES',

@@ -15,9 +15,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import UserError
-from .evaluation import MULTI_SCALE
-from .output_dir import finished_output_dir, save_figure
+from ..errors import UserError
+from ..inference.evaluation import MULTI_SCALE
+from ..outputs import finished_output_dir, save_figure
 from .stage_timer import StageTimer
 
 __all__ = ['DemoConfig', 'run_demo', 'ACTS']
@@ -79,7 +79,7 @@ def _train_args(cfg: DemoConfig, data: Path, out: Path, act: str) -> List[str]:
 def _run_train(cfg: DemoConfig, data: Path, out: Path, act: str) -> Path:
     """Run train.py for one activation with a per-epoch progress bar; returns its experiment folder."""
     from tqdm import tqdm
-    from .training import build_train_command
+    from ..training.launcher import build_train_command
     command = build_train_command(_train_args(cfg, data, out, act), recipe=MODEL, script=cfg.timm_script)
     log_path = out / f'{act}.log'
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +126,7 @@ def _load_back(cfg: DemoConfig, hub_dir: Path, checkpoint: Path, act: str, x) ->
     """timm.create_model(pretrained=True) from the hub folder's weights vs the train.py checkpoint."""
     import timm
     import torch
-    from .checkpoints import create_model_from_checkpoint, read_checkpoint
+    from ..sources.checkpoints import create_model_from_checkpoint, read_checkpoint
     trained = create_model_from_checkpoint(read_checkpoint(checkpoint))
     loaded = timm.create_model(MODEL, pretrained=True, num_classes=10, act=act, **cfg.model_kwargs,
                                pretrained_cfg_overlay=dict(file=str(hub_dir / 'model.safetensors'))).eval()
@@ -141,7 +141,7 @@ def _onnx_parity(cfg: DemoConfig, onnx_path: Path, hub_dir: Path, act: str) -> D
     """Max |ONNX Runtime - PyTorch| logits at several input sizes, batch 3."""
     import timm
     import torch
-    from .onnx_runtime import OnnxModel
+    from ..onnx_model.runtime import OnnxModel
     model = timm.create_model(MODEL, pretrained=True, num_classes=10, act=act, **cfg.model_kwargs,
                               pretrained_cfg_overlay=dict(file=str(hub_dir / 'model.safetensors'))).eval()
     session = OnnxModel(onnx_path, providers=cfg.providers)
@@ -209,7 +209,7 @@ def _plots(out: Path, losses: Dict[str, Dict[str, List[float]]], results: Dict[s
 def _slope_rows(checkpoint: Path) -> List[Dict]:
     """Per-layer PReLU slope statistics of a checkpoint, in depth order."""
     import torch.nn as nn
-    from .checkpoints import create_model_from_checkpoint, read_checkpoint
+    from ..sources.checkpoints import create_model_from_checkpoint, read_checkpoint
     model = create_model_from_checkpoint(read_checkpoint(checkpoint))
     rows = []
     for name, m in model.named_modules():
@@ -266,11 +266,11 @@ def run_demo(cfg: DemoConfig) -> Path:
     """Run every stage into ``cfg.out`` (refused if it exists, unless ``overwrite``); returns the folder."""
     import timm_prelu  # noqa: F401  (registers the models)
     from .datasets import make_digits_imagefolder
-    from .evaluation import evaluate_folder
-    from .hub import build_hub_folder, push_checkpoint
-    from .inference import MultiScalePredictor, OnnxBackend
-    from .onnx_export import export_onnx
-    from .training import find_train_script
+    from ..inference.evaluation import evaluate_folder
+    from ..hub.publish import build_hub_folder, push_checkpoint
+    from ..inference.predictor import MultiScalePredictor, OnnxBackend
+    from ..onnx_model.export import export_onnx
+    from ..training.launcher import find_train_script
     find_train_script(cfg.timm_script)  # fail before doing any work
     timer = StageTimer()
     final = Path(cfg.out).resolve()

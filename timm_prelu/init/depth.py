@@ -30,9 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
-from .init import init_weights_
-from .output_dir import save_figure
+from ..errors import UserError
+from .rules import init_weights_
+from ..outputs import save_figure
 from .plain_net import PlainNet
 
 __all__ = ['DepthConfig', 'DepthRun', 'digits_tensors', 'train_plain_net', 'run_depth_experiment',
@@ -109,7 +109,7 @@ class DepthRun:
 def digits_tensors(img_size: int = 16, seed: int = 0, val_fraction: float = 0.2
                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """scikit-learn's digits as normalised gray (N, 1, size, size) tensors: train images, labels, val images, labels."""
-    from .datasets import digits_images
+    from ..demo.datasets import digits_images
     images, labels, _ = digits_images(img_size)
     x = torch.from_numpy(images[..., 0].astype(np.float32) / 255.0).unsqueeze(1)
     y = torch.from_numpy(labels)

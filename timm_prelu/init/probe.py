@@ -16,9 +16,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .errors import UserError
-from .init import LAYER_TYPES, InitReport, init_weights_
-from .output_dir import save_figure
+from ..errors import UserError
+from .rules import LAYER_TYPES, InitReport, init_weights_
+from ..outputs import save_figure
 
 __all__ = ['LayerStats', 'probe_variance', 'probe_rule', 'probe_inits', 'format_probe_table', 'summarize_probe',
            'plot_probe', 'create_model']

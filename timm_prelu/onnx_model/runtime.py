@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import OnnxModelError, UserError
 
 __all__ = [
     'OnnxModel', 'OnnxModelError', 'select_providers', 'read_metadata', 'METADATA_KEY', 'PRETRAINED_CFG_KEY',
@@ -33,10 +33,6 @@ GRAPH_KINDS = ('model', 'backbone', 'head')  # image->logits, image->feature map
 CPU = 'CPUExecutionProvider'
 CUDA = 'CUDAExecutionProvider'
 _PROVIDER_ALIASES = {'cpu': CPU, 'cuda': CUDA}
-
-
-class OnnxModelError(UserError):
-    """An ONNX file that cannot be used: missing, corrupt, not exported by timm-prelu, or an unusable provider."""
 
 
 def _available_providers() -> List[str]:

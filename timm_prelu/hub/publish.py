@@ -20,8 +20,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch.nn as nn
 
-from .checkpoints import TrainCheckpoint, create_model_from_checkpoint, label_names_from_args, read_checkpoint
-from .errors import UserError
+from ..sources.checkpoints import TrainCheckpoint, create_model_from_checkpoint, label_names_from_args, read_checkpoint
+from ..errors import UserError
 
 __all__ = [
     'WEIGHTS_NAME', 'build_hub_folder', 'write_hub_folder', 'push_checkpoint', 'download_model', 'load_pretrained',
@@ -167,9 +167,9 @@ def write_hub_folder(
 
 def _default_onnx_exporter(labels: Optional[List[str]],
                            data_config: Dict[str, Any]) -> Callable[[nn.Module, Path], Any]:
-    """timm_prelu.onnx_export, imported only when asked for (it needs the onnx extras)."""
+    """timm_prelu.onnx_model.export, imported only when asked for (it needs the onnx extras)."""
     try:
-        from .onnx_export import export_onnx
+        from ..onnx_model.export import export_onnx
     except ImportError as e:
         raise UserError(f'--onnx needs the ONNX exporter (timm_prelu.onnx_export: {e}); install the extras with '
                         f'`pip install "timm-prelu[onnx]"`, or push without --onnx') from None
@@ -226,7 +226,7 @@ def model_card(
     from huggingface_hub import EvalResult, ModelCardData
     from timm.data import resolve_data_config
     from timm.models import get_model_args
-    from .complexity import count_macs, count_params
+    from ..models.complexity import count_macs, count_params
 
     arch = model.pretrained_cfg['architecture']
     model_args = get_model_args(model)

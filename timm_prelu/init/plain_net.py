@@ -11,8 +11,8 @@ from typing import Any, List
 import torch
 import torch.nn as nn
 
-from .errors import UserError
-from .layers import create_rectifier, he_init_layer_, rectifier_slope
+from ..errors import UserError
+from ..layers import create_rectifier, he_init_layer_, rectifier_slope
 
 __all__ = ['PlainNet', 'PLAIN_NET_NAME', 'create_plain_net', 'is_plain_net_name']
 
