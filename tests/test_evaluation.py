@@ -1,4 +1,5 @@
-"""`export-onnx` + `eval` end to end on the digits ImageFolder: a Table-6-shaped table, recomputable predictions."""
+"""`export-onnx` + `eval` end to end on the digits ImageFolder: the paper's Tables 4, 5 and 6 in its layout (with its
+figures beside the rows whose setup matches), recomputable predictions."""
 import argparse
 import csv
 import shutil
@@ -12,12 +13,13 @@ import timm
 import timm_prelu  # noqa: F401
 from timm_prelu.cli import main
 from timm_prelu.errors import UserError
-from timm_prelu.inference.evaluation import error_table, evaluate_folder, format_table6, table_from_predictions
+from timm_prelu.inference.evaluation import error_table, evaluate_folder, table_from_predictions
 from timm_prelu.inference.predictor import MultiScalePredictor, OnnxBackend, TorchBackend
+from timm_prelu.inference.tables import EvalSetup, tables_markdown, twin_table4_markdown
 from timm_prelu.onnx_model.export import resolve_model
 
 KWARGS = {'width_mult': 0.125, 'fc_dim': 64}
-VIEWS = ('full', 'center', 'dense')
+VIEWS = ('full', 'center', 'dense', 'ten_crop')
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -72,7 +74,16 @@ def test_export_and_eval_cli(checkpoint, val_folder, tmp_path, capsys):
     assert 'eval: 100%' in captured.err  # the progress bar
     out = captured.out
     assert 'ExecutionProvider' in out and 'window 2x2 cells' in out  # 32 px training size / 16
-    assert '| scale s | full top-1 | full top-5 | center top-1 | center top-5 | dense top-1 | dense top-5 |' in out
+    assert 'crop 32x32' in out
+    assert '### Paper Table 4 layout: top-1 / top-5 error (%) at each test scale, prelu_model_a (PReLU)' in out
+    assert '| scale s | views | top-1 | top-5 |' in out and '| 48 | dense + flips |' in out
+    assert '### Paper Table 5 layout: single-model 10-view testing' in out
+    assert '| model | scale s | crop | top-1 | top-5 |' in out and '| prelu_model_a (PReLU) | 32 | 32x32 |' in out
+    assert '### Paper Table 6 layout: single-model multi-scale combination' in out
+    assert '| prelu_model_a (PReLU) | dense + flips | 32, 48 |' in out
+    # a narrow model on 10 classes: the paper's figures do not describe it
+    assert "Paper figures: none comparable: the model is not one of the paper's networks at full size" in out
+    assert 'paper top-1' not in out
     assert '90 images evaluated, 2 skipped' in out
     assert sorted(p.name for p in out_dir.iterdir()) == [
         'predictions.csv', 'predictions.npz', 'skipped.txt', 'table.csv', 'table.md', 'table.png']
@@ -82,15 +93,16 @@ def test_export_and_eval_cli(checkpoint, val_folder, tmp_path, capsys):
 
     rows = _rows(out_dir / 'table.csv')
     assert [(r['view'], r['scale']) for r in rows] == [(v, s) for v in VIEWS for s in ('32', '48', 'multi-scale')]
+    assert [r['table'] for r in rows] == ['Table 4', 'Table 4', 'Table 6'] * 3 + ['Table 5', 'Table 5', 'Table 6']
     recomputed = table_from_predictions(out_dir / 'predictions.npz')
     for row, again in zip(rows, recomputed):
         assert float(row['top1_err']) == pytest.approx(again['top1_err'], abs=1e-4)
         assert float(row['top5_err']) == pytest.approx(again['top5_err'], abs=1e-4)
         assert int(row['images']) == 90
     with np.load(out_dir / 'predictions.npz') as z:
-        assert z['topk_idx'].shape == (90, 3, 3, 5) and set(z['targets']) == set(range(10))
+        assert z['topk_idx'].shape == (90, 4, 3, 5) and set(z['targets']) == set(range(10))
     assert (out_dir / 'table.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-    assert (out_dir / 'table.md').read_text().startswith('| scale s |')
+    assert (out_dir / 'table.md').read_text().startswith('### Paper Table 4 layout')
 
     # the same protocol on the PyTorch model gives the same table (at most one image apart from float noise)
     model, _ = resolve_model(checkpoint)
@@ -113,19 +125,95 @@ def test_export_and_eval_cli(checkpoint, val_folder, tmp_path, capsys):
     assert result.summary() == '4 images evaluated, 0 skipped'
 
 
-def test_error_table_and_table6_layout():
-    # 4 images, 1 view, 2 scales (+ combined); top-5 lists
+def _rows_256_384():
+    """Error rows of 4 images, views dense and ten_crop, scales 256 and 384 (+ combined), computed by hand."""
     targets = np.array([0, 1, 2, 3])
-    topk = np.zeros((4, 1, 3, 5), dtype=np.int32) + 9
-    topk[0, 0, :, 0] = 0          # image 0: top-1 right at every scale
-    topk[1, 0, 0, 3] = 1          # image 1: top-5 right only at the first scale
-    topk[2, 0, 2, 0] = 2          # image 2: top-1 right only in the combination
-    rows = error_table(topk, targets, ['dense'], [256, 384])
-    assert [(r['scale'], r['top1_err'], r['top5_err']) for r in rows] == [
-        ('256', 75.0, 50.0), ('384', 75.0, 75.0), ('multi-scale', 50.0, 50.0)]
-    table = format_table6(rows).splitlines()
-    assert table[0] == '| scale s | dense top-1 | dense top-5 |'
-    assert table[2:] == ['| 256 | 75.00 | 50.00 |', '| 384 | 75.00 | 75.00 |', '| multi-scale | 50.00 | 50.00 |']
+    topk = np.zeros((4, 2, 3, 5), dtype=np.int32) + 9
+    topk[0, :, :, 0] = 0          # image 0: top-1 right everywhere
+    topk[1, :, 0, 3] = 1          # image 1: top-5 right only at the first scale
+    topk[2, :, 2, 0] = 2          # image 2: top-1 right only in the combination
+    return error_table(topk, targets, ['dense', 'ten_crop'], [256, 384])
+
+
+def _setup(**kw):
+    base = dict(architecture='prelu_model_a', act='prelu', paper_network=True, num_classes=1000,
+                data_classes=1000, scales=(256, 384), flip=True, window=(14, 14), crop_size=(224, 224))
+    return EvalSetup(**{**base, **kw})
+
+
+def test_error_table_rows_name_their_paper_table():
+    rows = _rows_256_384()
+    assert [(r['view'], r['scale'], r['top1_err'], r['top5_err'], r['table']) for r in rows] == [
+        ('dense', '256', 75.0, 50.0, 'Table 4'), ('dense', '384', 75.0, 75.0, 'Table 4'),
+        ('dense', 'multi-scale', 50.0, 50.0, 'Table 6'),
+        ('ten_crop', '256', 75.0, 50.0, 'Table 5'), ('ten_crop', '384', 75.0, 75.0, 'Table 5'),
+        ('ten_crop', 'multi-scale', 50.0, 50.0, 'Table 6')]
+
+
+def test_tables_print_the_papers_figures_where_the_setup_matches():
+    text = tables_markdown(_rows_256_384(), _setup())
+    # Table 4: the paper's model A PReLU rows (dense views + flips at s = 256, 384)
+    assert '| scale s | views | top-1 | top-5 | paper top-1 | paper top-5 |' in text
+    assert '| 256 | dense + flips | 75.00 | 50.00 | 25.81 | 8.08 |' in text
+    assert '| 384 | dense + flips | 75.00 | 75.00 | 24.20 | 7.03 |' in text
+    # Table 5: 10-view rows, without figures the paper summaries do not give
+    assert '| prelu_model_a (PReLU) | 256 | 224x224 | 75.00 | 50.00 |' in text
+    assert "the paper's Table 5 values are not included here" in text
+    # Table 6: the paper's single-model multi-scale figure for A PReLU on the dense row only
+    assert '| prelu_model_a (PReLU) | dense + flips | 256, 384 | 50.00 | 50.00 | 22.97 | 6.28 |' in text
+    assert '| prelu_model_a (PReLU) | 10-view | 256, 384 | 50.00 | 50.00 | - | - |' in text
+    assert "Scales 256, 384: this project's choice; the paper combines scales \"as in SPP-net\"" in text
+    assert "equal weight per scale: this project's choice" in text
+    assert text.index('Paper Table 4') < text.index('Paper Table 5') < text.index('Paper Table 6')
+
+    relu_c = tables_markdown(_rows_256_384(), _setup(architecture='prelu_model_c', act='relu'))
+    assert 'paper top-1' not in relu_c  # the paper has no C ReLU row
+    relu_a = tables_markdown(_rows_256_384(), _setup(act='relu'))
+    assert '| 256 | dense + flips | 75.00 | 50.00 | 26.25 | 8.25 |' in relu_a and '| 24.02 | 6.51 |' in relu_a
+    b = tables_markdown(_rows_256_384(), _setup(architecture='prelu_model_b'))
+    assert '| 22.85 | 6.27 |' in b and '25.81' not in b  # Table 6 has B; Table 4 is model A only
+
+
+@pytest.mark.parametrize('change, why', [
+    (dict(paper_network=False), "not one of the paper's networks"),
+    (dict(num_classes=10, data_classes=10), 'the paper evaluates 1000 ImageNet classes; here 10'),
+    (dict(data_classes=100), 'here 100'),
+])
+def test_no_paper_figures_for_another_setup(change, why):
+    text = tables_markdown(_rows_256_384(), _setup(**change))
+    assert 'paper top-1' not in text and why in text
+
+
+def test_no_paper_figures_for_another_view_protocol():
+    for change in (dict(flip=False), dict(window=(2, 2))):
+        text = tables_markdown(_rows_256_384(), _setup(**change))
+        assert 'paper top-1' not in text and 'Paper figures: none for this view protocol' in text
+    assert 'Flips off: the paper also scores the horizontally flipped image' in tables_markdown(
+        _rows_256_384(), _setup(flip=False))
+    other = error_table(np.zeros((1, 2, 2, 5), dtype=np.int32), np.array([0]), ['dense', 'full'], [300])
+    text = tables_markdown(other, _setup(scales=(300,)))
+    assert "Scales 300: this project's choice (the paper's Table 4: 256, 384, 480)" in text
+    assert "full: a view mode the paper's Table 4 does not use (this project's choice)" in text
+    assert 'Paper Table 6' not in text  # one scale: no combination
+
+
+def test_model_identity_finds_the_papers_networks():
+    def setup(name, **kw):
+        model = timm.create_model(name, device='meta', **kw)  # full size without allocating the weights
+        return EvalSetup.from_predictor(MultiScalePredictor(TorchBackend(model, device='meta')), 1000)
+    assert setup('prelu_model_a').paper_key() == ('prelu_model_a', 'prelu')
+    assert setup('prelu_model_c', act='relu').paper_key() == ('prelu_model_c', 'relu')
+    assert setup('prelu_model_a', width_mult=0.5).paper_key() is None
+    assert setup('prelu_model_b', fc_dim=1024).paper_key() is None
+
+
+def test_twin_table4_is_the_papers_layout():
+    rows = _rows_256_384()
+    results = {'relu': rows, 'prelu': [dict(r, top1_err=r['top1_err'] - 25) for r in rows]}
+    assert twin_table4_markdown(results, 'dense').splitlines() == [
+        '| scale s | ReLU top-1 | ReLU top-5 | PReLU top-1 | PReLU top-5 |', '|---|---|---|---|---|',
+        '| 256 | 75.00 | 50.00 | 50.00 | 50.00 |', '| 384 | 75.00 | 75.00 | 50.00 | 75.00 |',
+        '| multi-scale | 50.00 | 50.00 | 25.00 | 50.00 |']
 
 
 def test_bad_folders(tmp_path):

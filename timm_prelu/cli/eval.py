@@ -1,4 +1,4 @@
-"""`timm-prelu eval`: ImageFolder evaluation shaped like the paper's Table 6 (top-1 / top-5 error per scale)."""
+"""`timm-prelu eval`: ImageFolder evaluation in the layout of the paper's Tables 4, 5 and 6 (top-1 / top-5 error)."""
 import argparse
 
 from .predict import add_predictor_args, build_predictor
@@ -6,7 +6,7 @@ from .predict import add_predictor_args, build_predictor
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        'eval', help="evaluate on an ImageFolder: the paper's Table 6 (error per scale and multi-scale)",
+        'eval', help="evaluate on an ImageFolder: the paper's Table 4 (error per scale), 5 (10-view), 6 (multi-scale)",
         description='Score every image of an ImageFolder at each scale and view mode; print and write the error '
                     'table (Markdown, CSV, PNG) and the per-image predictions. Unreadable files are skipped and '
                     'counted.',

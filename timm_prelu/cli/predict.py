@@ -23,9 +23,14 @@ def add_predictor_args(p: argparse.ArgumentParser) -> None:
                    help="CPU threads per ONNX Runtime session (default: onnxruntime's choice)")
     p.add_argument('--device', default=None, help='PyTorch device for --model (default: cuda if available, else cpu)')
     p.add_argument('--scales', type=int, nargs='+', default=[256, 384, 480], metavar='S',
-                   help="shorter-side sizes (default: the paper's 256 384 480)")
-    p.add_argument('--views', nargs='+', choices=('full', 'center', 'dense'), default=None,
-                   help='view modes (default: dense when available, else full)')
+                   help="shorter-side sizes (default 256 384 480: the scales of the paper's Table 4; combining "
+                        "these three is this project's choice, the paper does not list its multi-scale set)")
+    p.add_argument('--views', nargs='+', choices=('full', 'center', 'dense', 'ten_crop'), default=None,
+                   help='view modes (default: dense when available, else full); ten_crop: the paper\'s 10-view '
+                        'test, 4 corner + centre crops and their flips (use with --scales 256)')
+    p.add_argument('--crop-size', type=int, default=None, metavar='PX',
+                   help='side of the center and ten_crop crops (default: the input size, 224 for the paper\'s '
+                        'models)')
     p.add_argument('--flip', action=argparse.BooleanOptionalAction, default=True,
                    help='also score the horizontally flipped image (default: on)')
     p.add_argument('--window', type=int, default=None, metavar='CELLS',
@@ -58,7 +63,7 @@ def build_predictor(args: argparse.Namespace):
         if not backend.supports_dense:
             print('note: no backbone/head graphs beside the ONNX file (export with --split): using full views')
     predictor = MultiScalePredictor(backend, scales=args.scales, views=views, flip=args.flip, window=args.window,
-                                    input_size=args.input_size)
+                                    input_size=args.input_size, crop_size=args.crop_size)
     print(f'predictor: {predictor.describe()}')
     for note in backend.notes:
         print(f'note: {note}')

@@ -3,7 +3,7 @@
 Stages: real images (scikit-learn's digits) as ImageFolders -> a narrow ``prelu_model_a`` and its ReLU twin trained
 by upstream timm ``train.py`` with the paper's recipe scaled down -> hub layout folder (``push --dry-run``) ->
 loaded back through ``timm.create_model(pretrained=True)`` -> ONNX export, parity, and the paper's multi-scale,
-multi-view evaluation with ONNX Runtime -> ``report.md`` with a Table-6-shaped table, slopes and plots.
+multi-view evaluation with ONNX Runtime -> ``report.md`` with the paper's Table 4 layout, slopes and plots.
 """
 import json
 import re
@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..inference.evaluation import MULTI_SCALE
+from ..inference.tables import twin_table4_markdown
 from ..outputs import finished_output_dir, save_figure
 from .stage_timer import StageTimer
 
@@ -155,16 +156,6 @@ def _onnx_parity(cfg: DemoConfig, onnx_path: Path, hub_dir: Path, act: str) -> D
     return worst
 
 
-def _table6(results: Dict[str, List[Dict]], view: str) -> str:
-    """Paper Table 6 layout: one row per scale (+ multi-scale), ReLU / PReLU top-1 and top-5 error."""
-    lines = ['| scale s | ReLU top-1 | ReLU top-5 | PReLU top-1 | PReLU top-5 |', '|---|---|---|---|---|']
-    by = {act: {str(r['scale']): r for r in rows if r['view'] == view} for act, rows in results.items()}
-    for scale in by['prelu']:
-        cells = [f'{by[a][scale][k]:.2f}' for a in ACTS for k in ('top1_err', 'top5_err')]
-        lines.append(f'| {scale} | ' + ' | '.join(cells) + ' |')
-    return '\n'.join(lines)
-
-
 def _plots(out: Path, losses: Dict[str, Dict[str, List[float]]], results: Dict[str, List[Dict]],
            slopes: List[Dict], views: Sequence[str]) -> Dict[str, str]:
     import matplotlib
@@ -240,8 +231,8 @@ def _report(cfg: DemoConfig, timer: StageTimer, results: Dict, losses: Dict, slo
         f'they never saw in training. Read the per-scale rows as what multi-scale testing does to such a net.', '',
     ]
     for view in cfg.views:
-        lines += [f'## Table 6 layout, {view} view{"s" if view == "dense" else ""}, flip on '
-                  f'(top-1 / top-5 error %, {provider})', '', _table6(results, view), '']
+        lines += [f'## Paper Table 4 layout, {view} view{"s" if view == "dense" else ""}, flip on '
+                  f'(top-1 / top-5 error %, {provider})', '', twin_table4_markdown(results, view, ACTS), '']
     lines += ['## Learned PReLU slopes (PReLU model)', '',
               '| layer | mean | min | max |', '|---|---|---|---|']
     lines += [f'| {s["layer"]} | {s["mean"]:.3f} | {s["min"]:.3f} | {s["max"]:.3f} |' for s in slopes]

@@ -1,9 +1,11 @@
-"""ImageFolder evaluation in the shape of the paper's Table 6: top-1 / top-5 error per scale and multi-scale.
+"""ImageFolder evaluation in the layout of the paper's tables: top-1 / top-5 error per scale (its Table 4), with
+10 views (Table 5) and multi-scale (Table 6).
 
 Every image is scored once per (view mode, scale) by a :class:`~timm_prelu.inference.MultiScalePredictor`; the
 multi-scale row averages the per-scale scores (equal weight). Files that are not images, or cannot be decoded,
-are skipped and listed, never fatal. Written to ``out``: ``table.md`` (Table 6 layout), ``table.csv`` (one row per
-view and scale), ``table.png``, ``predictions.npz`` (per-image top-k classes and scores of every view / scale /
+are skipped and listed, never fatal. Written to ``out``: ``table.md`` (the paper's tables, see
+:mod:`~timm_prelu.inference.tables`), ``table.csv`` (one row per view and scale, naming its paper table),
+``table.png``, ``predictions.npz`` (per-image top-k classes and scores of every view / scale /
 combination, plus the targets: :func:`table_from_predictions` recomputes the table from it), ``predictions.csv``
 and ``skipped.txt``.
 """
@@ -19,26 +21,29 @@ import numpy as np
 from ..errors import UserError
 from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, load_image
 from .predictor import MultiScalePredictor
+from .tables import MULTI_SCALE, EvalSetup, paper_table, tables_markdown
 from ..outputs import save_figure, write_atomic
 
 __all__ = ['EvalResult', 'evaluate_folder', 'list_imagefolder', 'error_table', 'table_from_predictions',
-           'format_table6']
+           'MULTI_SCALE']
 
 TOPK = 5
-MULTI_SCALE = 'multi-scale'
 
 
 @dataclass
 class EvalResult:
-    """Rows ``dict(view, scale, top1_err, top5_err, images)`` (errors in %), and what was skipped."""
+    """Rows ``dict(view, scale, top1_err, top5_err, images, table)`` (errors in %; ``table``: the paper's table
+    the row belongs to), and what was skipped."""
     rows: List[Dict[str, object]]
     num_images: int
     skipped: List[Tuple[str, str]] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     files: Dict[str, Path] = field(default_factory=dict)
+    setup: Optional[EvalSetup] = None
 
     def markdown(self) -> str:
-        return format_table6(self.rows)
+        """The paper's tables these rows fill, with its figures where the setup matches."""
+        return tables_markdown(self.rows, self.setup)
 
     def summary(self) -> str:
         return (f'{self.num_images} images evaluated, {len(self.skipped)} skipped'
@@ -93,7 +98,8 @@ def error_table(topk_idx: np.ndarray, targets: np.ndarray, views: Sequence[str],
                 continue
             h = hits[:, vi, si]
             rows.append({'view': view, 'scale': label, 'top1_err': 100.0 * (1 - h[:, :1].any(-1).mean()),
-                         'top5_err': 100.0 * (1 - h[:, :TOPK].any(-1).mean()), 'images': int(len(targets))})
+                         'top5_err': 100.0 * (1 - h[:, :TOPK].any(-1).mean()), 'images': int(len(targets)),
+                         'table': paper_table(view, label)})
     return rows
 
 
@@ -103,26 +109,10 @@ def table_from_predictions(path: Union[str, os.PathLike]) -> List[Dict[str, obje
         return error_table(z['topk_idx'], z['targets'], [str(v) for v in z['views']], [int(s) for s in z['scales']])
 
 
-def format_table6(rows: List[Dict[str, object]]) -> str:
-    """Markdown in the layout of the paper's Table 6: a row per scale, top-1 / top-5 error per view mode."""
-    views = list(dict.fromkeys(r['view'] for r in rows))
-    scales = list(dict.fromkeys(r['scale'] for r in rows))
-    cell = {(r['view'], r['scale']): r for r in rows}
-    head = '| scale s | ' + ' | '.join(f'{v} top-1 | {v} top-5' for v in views) + ' |'
-    sep = '|---|' + '---|---|' * len(views)
-    lines = [head, sep]
-    for s in scales:
-        vals = []
-        for v in views:
-            r = cell.get((v, s))
-            vals += [f'{r["top1_err"]:.2f}', f'{r["top5_err"]:.2f}'] if r else ['', '']
-        lines.append(f'| {s} | ' + ' | '.join(vals) + ' |')
-    return '\n'.join(lines) + '\n'
-
-
 def _table_csv(rows: List[Dict[str, object]]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=['view', 'scale', 'top1_err', 'top5_err', 'images'], lineterminator='\n')
+    writer = csv.DictWriter(buf, fieldnames=['table', 'view', 'scale', 'top1_err', 'top5_err', 'images'],
+                            lineterminator='\n')
     writer.writeheader()
     for r in rows:
         writer.writerow({**r, 'top1_err': f'{r["top1_err"]:.4f}', 'top5_err': f'{r["top5_err"]:.4f}'})
@@ -191,7 +181,7 @@ def evaluate_folder(
             skipped.append((path, str(e)))
             continue
         # (V, S + 1, K): each scale, then the multi-scale combination
-        probs = np.concatenate([scores.probs, scores.probs.mean(axis=1, keepdims=True)], axis=1)
+        probs = np.concatenate([scores.probs, scores.multi_scale()[:, None]], axis=1)
         idx, p = _topk(probs, k)
         target = int(mapping[folder_target])
         paths.append(str(path))
@@ -206,7 +196,8 @@ def evaluate_folder(
                         f': check the folder')
     topk_idx_arr, targets_arr = np.stack(topk_idx), np.asarray(targets, dtype=np.int64)
     rows = error_table(topk_idx_arr, targets_arr, views, scales)
-    result = EvalResult(rows, len(targets), skipped, notes)
+    setup = EvalSetup.from_predictor(predictor, len(class_to_idx))
+    result = EvalResult(rows, len(targets), skipped, notes, setup=setup)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -214,7 +205,7 @@ def evaluate_folder(
                         ('table.md', 'table.csv', 'table.png', 'predictions.npz', 'predictions.csv', 'skipped.txt')}
         protocol = (f'{predictor.describe()}; {len(targets)} images of {data}; errors in %; '
                     f'scores = softmax probabilities averaged over views, then over scales')
-        write_atomic(out / 'table.md', f'{format_table6(rows)}\n{protocol}\n')
+        write_atomic(out / 'table.md', f'{result.markdown()}\n{protocol}\n')
         write_atomic(out / 'table.csv', _table_csv(rows))
         _plot(rows, out / 'table.png', title)
 

@@ -8,10 +8,13 @@ the model's mean / std. Views:
 * ``'dense'``: the paper's dense multi-view: the convolutions run ONCE on the resized image, then every
   window x window window of the last conv feature map (14 x 14 for a 224-trained model: input_size / 16) is pooled
   by the SPP and sent through the fc layers, batched. A map smaller than the window is one view.
+* ``'ten_crop'``: the paper's 10-view test (its Tables 2 and 5): five ``crop_size`` crops (the four corners and the
+  centre) of the resized image plus their horizontal flips, run as one batch.
 
-``flip=True`` adds the horizontally flipped image. Scores are softmax probabilities: they are averaged over the
-views of a scale (all windows, both flips), then over scales with equal weight per scale. The paper averages
-"scores" (softmax outputs), not logits.
+``flip=True`` adds the horizontally flipped image (``'ten_crop'`` always has its flips: they are part of the
+protocol). Scores are softmax probabilities: they are averaged over the views of a scale (all windows, both flips;
+the 10 crops), then over scales. The paper averages "scores"; reading them as softmax outputs with equal weight per
+view and per scale is this project's choice where the paper does not say.
 
 Example::
 
@@ -26,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from .images import ImageError
 
 __all__ = [
@@ -34,8 +37,10 @@ __all__ = [
     'window_positions', 'crop_window_logits', 'softmax', 'VIEWS', 'DEFAULT_SCALES', 'DEFAULT_MAX_INPUT_PIXELS',
 ]
 
-VIEWS = ('full', 'center', 'dense')
-DEFAULT_SCALES = (256, 384, 480)  # the paper's Table 6
+VIEWS = ('full', 'center', 'dense', 'ten_crop')
+# The scales of the paper's Table 4. The set its multi-scale rows combine is not given ("as in SPP-net"): using these
+# three for the combination is this project's choice.
+DEFAULT_SCALES = (256, 384, 480)
 # A resized image (shorter side = scale) larger than this is refused: e.g. a 1:20 panorama at s=480.
 DEFAULT_MAX_INPUT_PIXELS = 4_000_000
 
@@ -250,9 +255,13 @@ class ImageScores:
     num_views: np.ndarray  # (V, S)
     notes: List[str] = field(default_factory=list)
 
+    def multi_scale(self) -> np.ndarray:
+        """The multi-scale combination of each view mode: scores averaged over scales, equal weight (V, classes)."""
+        return self.probs.mean(axis=1)
+
     def combined(self, view: Optional[str] = None) -> np.ndarray:
         """Scores averaged over scales (equal weight), for one view mode or averaged over all of them."""
-        per_view = self.probs.mean(axis=1)
+        per_view = self.multi_scale()
         return per_view[self.views.index(view)] if view is not None else per_view.mean(axis=0)
 
 
@@ -269,23 +278,29 @@ class MultiScalePredictor:
             input_size: Optional[int] = None,
             head_batch: int = 256,
             max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
+            crop_size: Optional[int] = None,
     ) -> None:
         """
         Args:
             backend: What runs the network.
-            scales: Shorter-side sizes to test at (the paper's Table 6: 256, 384, 480).
-            views: One or more of 'full', 'center', 'dense' (see the module docstring).
-            flip: Also score the horizontally flipped image.
+            scales: Shorter-side sizes to test at (default: the paper's Table 4 scales 256, 384, 480).
+            views: One or more of 'full', 'center', 'dense', 'ten_crop' (see the module docstring).
+            flip: Also score the horizontally flipped image ('ten_crop' needs it: its flips are part of it).
             window: Dense window side on the feature map; default: the model's input size / feature stride (14).
             input_size: Training image size (default: the pretrained_cfg's); sets the centre crop and the window.
             head_batch: Windows per head call.
             max_input_pixels: Largest resized image accepted (protects memory from extreme aspect ratios).
+            crop_size: Side of the 'center' and 'ten_crop' crops (default: ``input_size``, 224 for the paper's
+                models); clipped to the resized image.
         """
         self.backend = backend
         self.views = (views,) if isinstance(views, str) else tuple(views)
         bad = [v for v in self.views if v not in VIEWS]
         if bad or not self.views:
             raise UserError(f'unknown view {bad or self.views}: choose from {", ".join(VIEWS)}')
+        if 'ten_crop' in self.views and not flip:
+            raise ConfigError("the 'ten_crop' view includes the horizontal flips of its five crops: keep flip=True, "
+                              "or use the 'center' view for unflipped crops", param='flip')
         if 'dense' in self.views and not backend.supports_dense:
             raise UserError('dense views need the backbone and head graphs: export with `timm-prelu export-onnx '
                             '... --split` (they are written beside the model graph and found automatically)')
@@ -302,6 +317,10 @@ class MultiScalePredictor:
         self.interpolation = cfg.get('interpolation', 'bilinear')
         cfg_size = tuple(cfg.get('input_size', (3, 224, 224)))[1:]
         self.input_size = (input_size, input_size) if input_size else (int(cfg_size[0]), int(cfg_size[1]))
+        if crop_size is not None and crop_size < backend.min_input_size:
+            raise ConfigError(f'crop_size {crop_size} is below the network\'s minimum input of '
+                              f'{backend.min_input_size} px: use a larger crop', param='crop_size')
+        self.crop_size = (crop_size, crop_size) if crop_size else self.input_size
         stride = backend.receptive_field.stride
         self.window = (window, window) if window else (max(1, self.input_size[0] // stride),
                                                         max(1, self.input_size[1] // stride))
@@ -312,7 +331,7 @@ class MultiScalePredictor:
     def describe(self) -> str:
         return (f'{self.backend.describe()}; views {"/".join(self.views)}, scales {list(self.scales)}, '
                 f'flip {"on" if self.flip else "off"}, window {self.window[0]}x{self.window[1]} cells, '
-                f'centre crop {self.input_size[0]}x{self.input_size[1]}')
+                f'crop {self.crop_size[0]}x{self.crop_size[1]}')
 
     # -- preprocessing -----------------------------------------------------------------------------------------
 
@@ -336,11 +355,26 @@ class MultiScalePredictor:
         return (x - self.mean) / self.std
 
     def preprocess(self, image: Image.Image, scale: int, view: str = 'full') -> np.ndarray:
-        """The network input (1 or 2 with the flip, 3, H, W) of one view mode at one scale."""
-        resized = self.resize(image, scale)
+        """The network input of one view mode at one scale: (1, or 2 with the flip, 3, H, W); (10, 3, h, w) for
+        'ten_crop'."""
+        return self._view_input(self.resize(image, scale), view)
+
+    def crop_boxes(self, width: int, height: int) -> List[Tuple[int, int, int, int]]:
+        """The 'ten_crop' boxes (left, top, right, bottom) on a ``width`` x ``height`` image: the four corners
+        (top-left, top-right, bottom-left, bottom-right), then the centre (placed as the 'center' view places it)."""
+        ch, cw = min(self.crop_size[0], height), min(self.crop_size[1], width)
+        top, left = int(round((height - ch) / 2.0)), int(round((width - cw) / 2.0))
+        corners = [(0, 0), (width - cw, 0), (0, height - ch), (width - cw, height - ch), (left, top)]
+        return [(x, y, x + cw, y + ch) for x, y in corners]
+
+    def _view_input(self, resized: Image.Image, view: str) -> np.ndarray:
+        if view == 'ten_crop':
+            x = self.to_array(resized)
+            crops = np.stack([x[:, t:b, l:r] for l, t, r, b in self.crop_boxes(*resized.size)])
+            return np.ascontiguousarray(np.concatenate([crops, crops[:, :, :, ::-1]]))  # the 5 crops, their flips
         if view == 'center':
             import torchvision.transforms.functional as TF
-            ch, cw = min(self.input_size[0], resized.size[1]), min(self.input_size[1], resized.size[0])
+            ch, cw = min(self.crop_size[0], resized.size[1]), min(self.crop_size[1], resized.size[0])
             resized = TF.center_crop(resized, [ch, cw])
         x = self.to_array(resized)[None]
         if self.flip:
@@ -354,7 +388,8 @@ class MultiScalePredictor:
         probs = np.zeros((len(self.views), len(self.scales), self.backend.num_classes), dtype=np.float64)
         counts = np.zeros((len(self.views), len(self.scales)), dtype=np.int64)
         for si, scale in enumerate(self.scales):
-            x = self.preprocess(image, scale) if ('full' in self.views or 'dense' in self.views) else None
+            resized = self.resize(image, scale)
+            x = self._view_input(resized, 'full') if ('full' in self.views or 'dense' in self.views) else None
             features = self.backend.features(x) if 'dense' in self.views else None
             for vi, view in enumerate(self.views):
                 if view == 'dense':
@@ -362,8 +397,8 @@ class MultiScalePredictor:
                     logits = logits.reshape(-1, logits.shape[-1])
                 elif view == 'full':  # reuse the dense pass's features: the head takes the whole map
                     logits = self.backend.map_logits(features) if features is not None else self.backend.logits(x)
-                else:
-                    logits = self.backend.logits(self.preprocess(image, scale, 'center'))
+                else:  # 'center', 'ten_crop': crops of the resized image, one batch
+                    logits = self.backend.logits(self._view_input(resized, view))
                 p = softmax(logits.astype(np.float64))
                 probs[vi, si] = p.mean(axis=0)
                 counts[vi, si] = p.shape[0]
