@@ -70,7 +70,8 @@ def make_edits(size: int, rng: np.random.Generator, n: int) -> list:
         elif op == 1:
             edits.append(['truncate', pos])
         else:
-            edits.append(['insert', pos, rng.integers(0, 256, int(rng.integers(1, 65)), dtype=np.uint8).tobytes().hex()])
+            inserted = rng.integers(0, 256, int(rng.integers(1, 65)), dtype=np.uint8).tobytes()
+            edits.append(['insert', pos, inserted.hex()])
     return edits
 
 
@@ -144,6 +145,9 @@ def test_corrupted_files_end_in_a_clean_error_or_a_result(onnx_file, tmp_path):
     lines = [f'{"input":<12} {"cases":>5} {"clean error":>11} {"same result":>11} {"changed result":>14} {"other":>5}']
     lines += [f'{k:<12} {sum(c.values()):>5} {c["error"]:>11} {c["same"]:>11} {c["changed"]:>14} {c["other"]:>5}'
               for k, c in table.items()]
+    for kind, rows in done.items():
+        types = Counter(r['detail'].split(':')[0] for r in rows if r['outcome'] == 'error')
+        lines.append(f'{kind} errors: ' + ', '.join(f'{t} {n}' for t, n in types.most_common()))
     print('\n'.join(lines) + f'\n{len(KINDS) * CASES_PER_KIND} cases in {seconds:.0f} s ({cpu:.0f} s of CPU)')
     assert sum(sum(c.values()) for c in table.values()) >= 200
     assert not failures, '\n'.join(failures[:20])

@@ -129,6 +129,19 @@ def test_each_real_file_is_counted_once(tmp_path):
     assert listing.class_to_idx == {'cat': 0, 'dog': 1, 'dog2': 2} and listing.empty_classes == ['dog2']
 
 
+def test_special_files_are_skipped_not_read(tmp_path, exported, capsys):
+    root = make_folder(tmp_path / 'data', ['class_0', 'class_1'], per_class=2)
+    os.mkfifo(root / 'class_0' / 'pipe.png')  # opening it would wait for a writer for ever
+    os.symlink('/dev/zero', root / 'class_1' / 'endless.jpg')  # reading it would never end
+    with time_limit(120):
+        code, out, err = eval_cli(capsys, root, '--onnx', str(exported[1]), '--threads', '1',
+                                  '--out', str(tmp_path / 'eval'))
+    assert code == 0, err
+    assert '4 images evaluated, 2 skipped' in out
+    skipped = (tmp_path / 'eval' / 'skipped.txt').read_text()
+    assert skipped.count('not a regular file') == 2 and 'pipe.png' in skipped and 'endless.jpg' in skipped
+
+
 def test_walk_bounds_and_bad_roots(tmp_path):
     root = make_folder(tmp_path / 'data', ['a', 'b'], per_class=4)
     with pytest.raises(DatasetError, match='more than 5 files and folders'):

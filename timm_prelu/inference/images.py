@@ -96,6 +96,9 @@ def load_image(
     """
     path = Path(path)
     if not path.is_file():
+        if path.exists():  # a pipe or a device would block or never end
+            raise ImageError(f'{path}: not a regular file (a folder, pipe or device): pass an image file',
+                             param='path')
         raise ImageError(f'{path}: no such file: check the path', param='path')
     notes: List[str] = []
     try:
