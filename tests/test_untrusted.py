@@ -158,6 +158,8 @@ def test_walk_bounds_and_bad_roots(tmp_path):
         walk_imagefolder(root, limit=0)
     with pytest.raises(DatasetError, match='no such folder'):
         walk_imagefolder(tmp_path / 'missing')
+    with pytest.raises(DatasetError, match='is a file, not a folder'):
+        walk_imagefolder(root / 'a' / '0.png')
     (tmp_path / 'flat').mkdir()
     Image.new('RGB', (8, 8)).save(tmp_path / 'flat' / 'img.png')
     with pytest.raises(DatasetError, match='no class folders'):

@@ -162,6 +162,9 @@ def walk_imagefolder(
             ``max_entries``.
     """
     root_path = Path(root)
+    if root_path.exists() and not root_path.is_dir():
+        raise DatasetError(f'{root_path} is a file, not a folder: pass an ImageFolder (one sub-folder of images per '
+                           f'class)', param='data')
     if not root_path.is_dir():
         raise DatasetError(f'{root_path}: no such folder: pass an ImageFolder (one sub-folder of images per class)',
                            param='data')
