@@ -86,7 +86,7 @@ def test_export_and_eval_cli(checkpoint, val_folder, tmp_path, capsys):
     assert 'paper top-1' not in out
     assert '90 images evaluated, 2 skipped' in out
     assert sorted(p.name for p in out_dir.iterdir()) == [
-        'predictions.csv', 'predictions.npz', 'skipped.txt', 'table.csv', 'table.md', 'table.png']
+        'class_to_idx.json', 'predictions.csv', 'predictions.npz', 'skipped.txt', 'table.csv', 'table.md', 'table.png']
     skipped = (out_dir / 'skipped.txt').read_text()
     assert '000_broken.png' in skipped and 'corrupt or truncated' in skipped
     assert 'README.txt' in skipped and 'not an image file type' in skipped

@@ -94,3 +94,32 @@ def test_huge_declared_size_is_refused_before_decoding(tmp_path):
     with pytest.raises(ImageError, match=r'200000x150000 px .* over the limit'):
         load_image(tmp_path / 'bomb.png')
     assert Image.MAX_IMAGE_PIXELS == 89_478_485  # PIL's global limit is restored
+
+
+def _damaged(rgb_array, tmp_path):
+    """Damaged files of several formats, each as a user might receive it."""
+    Image.fromarray(rgb_array).save(tmp_path / 'ok.png')
+    Image.fromarray(rgb_array).save(tmp_path / 'ok.gif')
+    Image.fromarray(rgb_array).save(tmp_path / 'ok.jpg')
+    png, gif, jpg = ((tmp_path / f'ok.{e}').read_bytes() for e in ('png', 'gif', 'jpg'))
+    idat = png.index(b'IDAT') + 8
+    return {
+        'empty.png': b'',
+        'signature-only.png': png[:8],
+        'header-only.png': png[:33],
+        'idat-crc.png': png[:idat] + bytes([png[idat] ^ 0x10]) + png[idat + 1:],
+        'idat-garbage.png': png[:idat] + b'\xff' * 40 + png[idat + 40:],
+        'zero-size.png': _png_header_only(0, 0),
+        'gif-cut.gif': gif[:len(gif) // 2],
+        'jpeg-header.jpg': jpg[:20],
+        'jpeg-garbage.jpg': jpg[:200] + bytes(range(256)) * 4,
+    }
+
+
+def test_damaged_images_are_clear_image_errors(tmp_path, rgb_array):
+    for name, data in _damaged(rgb_array, tmp_path).items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ImageError) as e:
+            load_image(tmp_path / name).image.load()
+        assert name in str(e.value) and '\n' not in str(e.value), name
+        assert e.value.param == 'path' and e.value.__cause__ is not None, name  # the decoder's error is kept

@@ -8,6 +8,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from timm_prelu.errors import InputSizeError
 from timm_prelu.onnx_model.runtime import METADATA_KEY, OnnxModel, OnnxModelError, read_metadata, select_providers
 
 from conftest import ONNX_LABELS as LABELS, narrow_a_export
@@ -75,12 +76,15 @@ def test_cuda_io_binding_reads_torch_cuda_tensors(exported):
 
 def test_input_checks(exported):
     session = OnnxModel(exported[1], providers='cpu', threads=1)
-    with pytest.raises(ValueError, match='at least 15'):
+    with pytest.raises(InputSizeError, match='at least 15'):
         session.run(np.zeros((1, 3, 14, 40), np.float32))
-    with pytest.raises(ValueError, match='takes 3 channels'):
+    with pytest.raises(InputSizeError, match='takes 3 channels'):
         session.run(np.zeros((1, 1, 32, 32), np.float32))
-    with pytest.raises(ValueError, match='NCHW'):
+    with pytest.raises(InputSizeError, match='takes 3 channels'):
+        session.run(np.zeros((1, 4, 32, 32), np.float32))  # RGBA: load_image drops the alpha first
+    with pytest.raises(InputSizeError, match='NCHW'):
         session.run(np.zeros((3, 32, 32), np.float32))
+    assert issubclass(InputSizeError, ValueError)
 
 
 def test_missing_and_corrupt_files(exported, tmp_path):

@@ -6,11 +6,13 @@ multi-scale row averages the per-scale scores (equal weight). Files that are not
 are skipped and listed, never fatal. Written to ``out``: ``table.md`` (the paper's tables, see
 :mod:`~timm_prelu.inference.tables`), ``table.csv`` (one row per view and scale, naming its paper table),
 ``table.png``, ``predictions.npz`` (per-image top-k classes and scores of every view / scale /
-combination, plus the targets: :func:`table_from_predictions` recomputes the table from it), ``predictions.csv``
-and ``skipped.txt``.
+combination, plus the targets: :func:`table_from_predictions` recomputes the table from it), ``predictions.csv``,
+``skipped.txt`` and ``class_to_idx.json`` (folder class -> model class index). The folder walk is bounded and
+loop-safe (:mod:`timm_prelu.inference.folders`).
 """
 import csv
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import DatasetError, UserError
+from .folders import ImageFolderListing, walk_imagefolder
 from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, load_image
 from .predictor import MultiScalePredictor
 from .tables import MULTI_SCALE, EvalSetup, paper_table, tables_markdown
@@ -40,6 +43,7 @@ class EvalResult:
     notes: List[str] = field(default_factory=list)
     files: Dict[str, Path] = field(default_factory=dict)
     setup: Optional[EvalSetup] = None
+    class_to_idx: Dict[str, int] = field(default_factory=dict)  # folder class -> model class index
 
     def markdown(self) -> str:
         """The paper's tables these rows fill, with its figures where the setup matches."""
@@ -50,35 +54,54 @@ class EvalResult:
                 + (f' (listed in {self.files["skipped.txt"]})' if self.skipped and 'skipped.txt' in self.files else ''))
 
 
-def list_imagefolder(root: Union[str, os.PathLike]) -> Tuple[List[Tuple[str, int]], Dict[str, int], List[str]]:
-    """Images and class indices as timm's ImageFolder reader finds them (so indices match train.py), plus
-    every other file under the class folders (reported as skipped)."""
-    from timm.data.readers.reader_image_folder import find_images_and_targets
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f'{root}: no such folder: pass an ImageFolder (one sub-folder of images per class)')
-    samples, class_to_idx = find_images_and_targets(str(root))
-    found = {os.path.normpath(p) for p, _ in samples}
-    others = sorted(os.path.normpath(os.path.join(d, f)) for d, _, files in os.walk(root, followlinks=True)
-                    for f in files if not f.startswith('.') and os.path.normpath(os.path.join(d, f)) not in found)
-    if not samples:
-        raise UserError(f'{root}: no images found (expected {root}/<class>/<image>.jpg|png|...): pass an ImageFolder')
-    return samples, class_to_idx, others
+list_imagefolder = walk_imagefolder  # the name earlier versions exported (it returned a tuple)
 
 
-def _class_mapping(class_to_idx: Dict[str, int], label_names: Optional[Sequence[str]], num_classes: int,
-                   notes: List[str]) -> np.ndarray:
-    """Folder class index -> model class index: by name when the model knows its labels, else by sorted order."""
-    folder_classes = sorted(class_to_idx, key=class_to_idx.get)
-    if label_names is not None and all(c in label_names for c in folder_classes):
-        index = {n: i for i, n in enumerate(label_names)}
-        return np.array([index[c] for c in folder_classes])
-    if len(folder_classes) > num_classes:
-        raise UserError(f'the folder has {len(folder_classes)} classes, the model only {num_classes}: '
-                        f'evaluate on data with the model\'s classes')
+def _class_mapping(listing: ImageFolderListing, label_names: Optional[Sequence[str]], num_classes: int,
+                   notes: List[str]) -> Dict[str, int]:
+    """Folder class -> model class index: by name when the model knows its labels, else by folder order.
+
+    Folder order keeps an empty class folder's index, so it never shifts the classes after it; that mapping is
+    reported in ``notes`` (and written beside the results) for the user to check.
+    """
+    folder_classes = sorted(listing.class_to_idx, key=listing.class_to_idx.get)
     if label_names is not None:
-        notes.append('folder class names differ from the model\'s label names: matched by sorted order')
-    return np.arange(len(folder_classes))
+        index = {str(n): i for i, n in enumerate(label_names)}
+        unknown = [c for c in folder_classes if c not in index]
+        if not unknown:
+            if listing.empty_classes:
+                notes.append(f'class folder(s) without images: {", ".join(listing.empty_classes)} (classes are '
+                             f'matched to the model\'s label names, so no index changes)')
+            return {c: index[c] for c in folder_classes}
+        if len(unknown) < len(folder_classes):
+            raise DatasetError(
+                f'{listing.root}: class folder(s) {", ".join(unknown[:8])}{" ..." if len(unknown) > 8 else ""} are '
+                f'not among the model\'s {len(index)} label names, the other folders are: rename or remove them so '
+                f'every class folder is a label name of the model', param='data')
+        notes.append('no class folder is named after one of the model\'s label names: classes are matched by folder '
+                     'order')
+    if len(folder_classes) > num_classes:
+        raise DatasetError(f'{listing.root}: {len(folder_classes)} class folders, the model has only {num_classes} '
+                           f'classes: evaluate on a folder with the model\'s classes', param='data')
+    mapping = {c: i for i, c in enumerate(folder_classes)}
+    shown = ', '.join(f'{i}={c}' for c, i in list(mapping.items())[:50])
+    notes.append(f'class index by folder order (natural sort): {shown}'
+                 + (f' ... ({len(mapping)} classes)' if len(mapping) > 50 else ''))
+    if listing.empty_classes:
+        notes.append(f'class folder(s) without images keep their index: '
+                     f'{", ".join(f"{c} ({mapping[c]})" for c in listing.empty_classes)}')
+    return mapping
+
+
+def _walk_notes(listing: ImageFolderListing) -> List[str]:
+    notes = []
+    loops = listing.loops
+    if loops:
+        notes.append(f'{len(loops)} symlink loop(s) not followed, e.g. {loops[0][0]}')
+    twice = [p for p, why in listing.skipped if why.startswith('same ')]
+    if twice:
+        notes.append(f'{len(twice)} link(s) to a file or folder already counted, counted once, e.g. {twice[0]}')
+    return notes
 
 
 def _topk(probs: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -153,21 +176,23 @@ def evaluate_folder(
 
     Args:
         predictor: Its scales and views make the table's rows and columns.
-        data: ImageFolder root (``<class>/<image>``); class indices as timm's reader assigns them.
+        data: ImageFolder root (``<class>/<image>``). Classes map to the model's label names when it has them,
+            else to folder order (timm's natural sort; an empty class folder keeps its index).
         out: Output folder (created); None writes nothing.
-        limit: Evaluate only the first ``limit`` images (in timm's sorted order).
+        limit: Evaluate only the first ``limit`` images (classes and file names in natural order); the folder
+            walk stops there.
         progress: Show a tqdm progress bar.
         max_image_pixels: Skip images larger than this.
         title: Title of the PNG plot.
     """
     from tqdm import tqdm
-    samples, class_to_idx, others = list_imagefolder(data)
-    if limit:
-        samples = samples[:limit]
-    notes: List[str] = []
+    listing = walk_imagefolder(data, limit=limit)
+    samples, class_to_idx = listing.samples, listing.class_to_idx
+    notes = _walk_notes(listing)
     backend = predictor.backend
-    mapping = _class_mapping(class_to_idx, backend.label_names, backend.num_classes, notes)
-    skipped: List[Tuple[str, str]] = [(p, 'not an image file type') for p in others]
+    class_map = _class_mapping(listing, backend.label_names, backend.num_classes, notes)
+    mapping = np.array([class_map[c] for c in sorted(class_to_idx, key=class_to_idx.get)])
+    skipped: List[Tuple[str, str]] = [(p, 'not an image file type') for p in listing.others] + listing.skipped
     views, scales = predictor.views, predictor.scales
     k = min(TOPK, backend.num_classes)
     paths, targets, topk_idx, topk_prob = [], [], [], []
@@ -197,12 +222,13 @@ def evaluate_folder(
     topk_idx_arr, targets_arr = np.stack(topk_idx), np.asarray(targets, dtype=np.int64)
     rows = error_table(topk_idx_arr, targets_arr, views, scales)
     setup = EvalSetup.from_predictor(predictor, len(class_to_idx))
-    result = EvalResult(rows, len(targets), skipped, notes, setup=setup)
+    result = EvalResult(rows, len(targets), skipped, notes, setup=setup, class_to_idx=class_map)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         result.files = {name: out / name for name in
-                        ('table.md', 'table.csv', 'table.png', 'predictions.npz', 'predictions.csv', 'skipped.txt')}
+                        ('table.md', 'table.csv', 'table.png', 'predictions.npz', 'predictions.csv', 'skipped.txt',
+                         'class_to_idx.json')}
         protocol = (f'{predictor.describe()}; {len(targets)} images of {data}; errors in %; '
                     f'scores = softmax probabilities averaged over views, then over scales')
         write_atomic(out / 'table.md', f'{result.markdown()}\n{protocol}\n')
@@ -223,4 +249,5 @@ def evaluate_folder(
             writer.writerow([path, t] + [' '.join(map(str, idx[vi, -1])) for vi in range(len(views))])
         write_atomic(out / 'predictions.csv', buf.getvalue())
         write_atomic(out / 'skipped.txt', ''.join(f'{p}\t{why}\n' for p, why in skipped))
+        write_atomic(out / 'class_to_idx.json', json.dumps(class_map, indent=1) + '\n')
     return result

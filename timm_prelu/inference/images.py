@@ -6,6 +6,7 @@ is decoded, keeps a huge (or maliciously declared) image from exhausting memory.
 """
 import contextlib
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, List, Optional, Union
@@ -13,7 +14,7 @@ from typing import Iterator, List, Optional, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageError, UserError
+from ..errors import ImageError
 
 __all__ = ['ImageError', 'LoadedImage', 'load_image', 'to_rgb', 'DEFAULT_MAX_IMAGE_PIXELS']
 
@@ -95,7 +96,10 @@ def load_image(
     """
     path = Path(path)
     if not path.is_file():
-        raise ImageError(f'{path}: no such file: check the path')
+        if path.exists():  # a pipe or a device would block or never end
+            raise ImageError(f'{path}: not a regular file (a folder, pipe or device): pass an image file',
+                             param='path')
+        raise ImageError(f'{path}: no such file: check the path', param='path')
     notes: List[str] = []
     try:
         with _without_pil_pixel_limit():
@@ -104,7 +108,8 @@ def load_image(
                 if max_pixels is not None and w * h > max_pixels:
                     raise ImageError(
                         f'{path}: image is {w}x{h} px ({w * h / 1e6:.1f} Mpx), over the limit of '
-                        f'{max_pixels / 1e6:.1f} Mpx: downscale it first, or raise the limit (--max-image-pixels)')
+                        f'{max_pixels / 1e6:.1f} Mpx: downscale it first, or raise the limit (max_pixels)',
+                        param='path')
                 if getattr(img, 'n_frames', 1) > 1:
                     notes.append(f'{img.n_frames} frames: using the first')
                 img.load()
@@ -115,14 +120,18 @@ def load_image(
                 rgb = rgb.copy() if rgb is img else rgb  # detach from the file before it closes
     except ImageError:
         raise
-    except UnidentifiedImageError:
-        raise ImageError(f'{path}: not an image file (PIL cannot identify it): remove it or convert it to JPEG/PNG')
-    except MemoryError:
-        raise ImageError(f'{path}: not enough memory to decode it: downscale it first, or lower --max-image-pixels')
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data, unsupported codec
-        raise ImageError(f'{path}: cannot decode the image ({e}): the file is corrupt or truncated; replace it')
+    except UnidentifiedImageError as e:
+        raise ImageError(f'{path}: not an image file (PIL cannot identify it): remove it or convert it to JPEG/PNG',
+                         param='path') from e
+    except MemoryError as e:
+        raise ImageError(f'{path}: not enough memory to decode it: downscale it first, or lower the pixel limit',
+                         param='path') from e
+    # truncated or corrupt data, unsupported codec: what PIL's decoders raise on damaged files
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        raise ImageError(f'{path}: cannot decode the image ({e}): the file is corrupt or truncated; replace it',
+                         param='path') from e
     if min(rgb.size) < min_size:
         raise ImageError(
             f'{path}: image is {rgb.size[0]}x{rgb.size[1]} px, smaller than the minimum of {min_size} px per side: '
-            f'use a larger image')
+            f'use a larger image', param='path')
     return LoadedImage(rgb, path, notes)

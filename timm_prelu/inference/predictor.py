@@ -304,6 +304,8 @@ class MultiScalePredictor:
         if 'dense' in self.views and not backend.supports_dense:
             raise UserError('dense views need the backbone and head graphs: export with `timm-prelu export-onnx '
                             '... --split` (they are written beside the model graph and found automatically)')
+        if isinstance(scales, (str, bytes)) or not all(isinstance(s, (int, np.integer)) and s > 0 for s in scales):
+            raise ConfigError(f'scales must be positive integers (pixels), got {scales!r}', param='scales')
         self.scales = tuple(int(s) for s in scales)
         if not self.scales:
             raise UserError('give at least one scale')
@@ -399,6 +401,8 @@ class MultiScalePredictor:
                     logits = self.backend.map_logits(features) if features is not None else self.backend.logits(x)
                 else:  # 'center', 'ten_crop': crops of the resized image, one batch
                     logits = self.backend.logits(self._view_input(resized, view))
+                if not np.isfinite(logits).all():  # broken weights or normalisation: never a NaN in a table
+                    raise _nonfinite_error(self.backend, view, scale)
                 p = softmax(logits.astype(np.float64))
                 probs[vi, si] = p.mean(axis=0)
                 counts[vi, si] = p.shape[0]
@@ -415,6 +419,13 @@ class MultiScalePredictor:
         order = np.argsort(-probs)[:k]
         label = (lambda i: descriptions[i]) if descriptions else (lambda i: names[i]) if names else (lambda i: None)
         return [(int(i), label(int(i)), float(probs[i])) for i in order]
+
+
+def _nonfinite_error(backend: Union[TorchBackend, OnnxBackend], view: str, scale: int) -> UserError:
+    from ..errors import CheckpointError, OnnxModelError
+    kind = OnnxModelError if isinstance(backend, OnnxBackend) else CheckpointError
+    return kind(f'the model gave non-finite scores (NaN or inf) for the {view} view at scale {scale}: its weights or '
+                f'its normalisation (mean / std) are broken; use other weights or re-export the model', param='model')
 
 
 def crop_window_logits(

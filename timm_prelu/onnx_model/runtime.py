@@ -10,14 +10,16 @@ Example::
     model = OnnxModel('model.onnx')            # says which provider it uses: model.provider
     logits = model.run(images)                 # (N, 3, H, W) float32 numpy or torch -> (N, classes) numpy
 """
+import functools
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import OnnxModelError, UserError
+from ..errors import InputSizeError, OnnxModelError
 
 __all__ = [
     'OnnxModel', 'OnnxModelError', 'select_providers', 'read_metadata', 'METADATA_KEY', 'PRETRAINED_CFG_KEY',
@@ -57,7 +59,7 @@ def select_providers(request: Union[str, Sequence[str]] = 'auto',
         if key == 'auto':
             return [CUDA, CPU] if CUDA in available else [CPU]
         if key not in _PROVIDER_ALIASES:
-            raise OnnxModelError(f"unknown provider {request!r}: choose 'auto', 'cpu' or 'cuda'")
+            raise OnnxModelError(f"unknown provider {request!r}: choose 'auto', 'cpu' or 'cuda'", param='providers')
         requested = [_PROVIDER_ALIASES[key]]
     else:
         requested = [_PROVIDER_ALIASES.get(p.lower(), p) for p in request]
@@ -67,49 +69,189 @@ def select_providers(request: Union[str, Sequence[str]] = 'auto',
                if CUDA in missing else 'install an onnxruntime build that has it')
         raise OnnxModelError(
             f'ONNX Runtime provider {", ".join(missing)} is not installed (this onnxruntime has: '
-            f'{", ".join(available)}): {fix}, or use --provider cpu / auto')
+            f'{", ".join(available)}): {fix}, or use --provider cpu / auto', param='providers')
     if CUDA in requested and CPU not in requested:
         requested.append(CPU)  # ORT keeps nodes CUDA cannot run (shape ops) on the CPU
     return requested
+
+
+_INTERPOLATIONS = ('nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos')  # timm's str_to_interp_mode
+MAX_INPUT_SIDE = 4096  # a training input_size (and so a centre crop, a dense window) beyond any real export
+
+
+class _Bad(Exception):
+    """A metadata field and what is wrong with it (turned into one OnnxModelError line)."""
+
+
+def _int(value: Any, name: str, low: int = 1, high: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad(name, f'is {value!r}, not an integer')
+    if value < low or (high is not None and value > high):
+        raise _Bad(name, f'is {value}, outside {low}..{high if high is not None else "inf"}')
+    return value
+
+
+def _numbers(value: Any, name: str, length: int, positive: bool = False) -> List[float]:
+    if not isinstance(value, (list, tuple)) or len(value) != length:
+        raise _Bad(name, f'is {value!r}: expected {length} numbers, one per input channel')
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise _Bad(name, f'holds {v!r}, not a finite number')
+        if positive and v <= 0:
+            raise _Bad(name, f'holds {v!r}: must be > 0 (inputs are divided by it)')
+    return [float(v) for v in value]
+
+
+def _names(value: Any, name: str, num_classes: int) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Bad(name, 'is not a list of strings')
+    if len(value) != num_classes:
+        raise _Bad(name, f'has {len(value)} entries for {num_classes} classes')
+
+
+def _check_fields(info: Dict[str, Any], cfg: Dict[str, Any]) -> None:
+    """Every field the runtime and the predictor use: types, ranges, and agreement with each other."""
+    num_classes = _int(info.get('num_classes'), 'num_classes')
+    in_chans = _int(info.get('in_chans'), 'in_chans', high=64)
+    _int(info.get('num_features'), 'num_features')
+    min_size = _int(info.get('min_input_size'), 'min_input_size', high=MAX_INPUT_SIDE)
+    stride = _int(info.get('feature_stride'), 'feature_stride', high=MAX_INPUT_SIDE)
+    rf = info.get('receptive_field')
+    if not isinstance(rf, dict):
+        raise _Bad('receptive_field', f'is {rf!r}, not a mapping of size, stride and padding')
+    _int(rf.get('size'), 'receptive_field.size')
+    if _int(rf.get('stride'), 'receptive_field.stride') != stride:
+        raise _Bad('receptive_field.stride', f'is {rf["stride"]}, but feature_stride is {stride}')
+    _int(rf.get('padding'), 'receptive_field.padding', low=0)
+    if not isinstance(info.get('export_id'), str):
+        raise _Bad('export_id', f'is {info.get("export_id")!r}, not a string')
+    split = info.get('split')
+    if split is not None:
+        if not isinstance(split, dict) or set(split) != {'backbone', 'head'}:
+            raise _Bad('split', f'is {split!r}, not the file names of the backbone and head graphs')
+        for kind, fname in split.items():
+            if not isinstance(fname, str) or not fname.endswith('.onnx') or fname != os.path.basename(fname) \
+                    or fname in ('.', '..') or '\\' in fname or '/' in fname:
+                raise _Bad(f'split.{kind}', f'is {fname!r}, not a plain .onnx file name beside this file')
+    size = cfg.get('input_size')
+    if not isinstance(size, (list, tuple)) or len(size) != 3:
+        raise _Bad('pretrained_cfg.input_size', f'is {size!r}, not [channels, height, width]')
+    if _int(size[0], 'pretrained_cfg.input_size[0]') != in_chans:
+        raise _Bad('pretrained_cfg.input_size[0]', f'is {size[0]}, but the graph takes in_chans={in_chans}')
+    for side in size[1:]:
+        _int(side, 'pretrained_cfg.input_size', low=min_size, high=MAX_INPUT_SIDE)
+        if side < stride:
+            raise _Bad('pretrained_cfg.input_size', f'is {list(size)}: smaller than one feature cell ({stride} px), '
+                                                    f'so the dense window would be empty')
+    _numbers(cfg.get('mean'), 'pretrained_cfg.mean', in_chans)
+    _numbers(cfg.get('std'), 'pretrained_cfg.std', in_chans, positive=True)
+    if cfg.get('interpolation') not in _INTERPOLATIONS:
+        raise _Bad('pretrained_cfg.interpolation', f'is {cfg.get("interpolation")!r}, not one of '
+                                                   f'{", ".join(_INTERPOLATIONS)}')
+    if 'num_classes' in cfg and cfg['num_classes'] != num_classes:
+        raise _Bad('pretrained_cfg.num_classes', f'is {cfg["num_classes"]!r}, but num_classes is {num_classes}')
+    _names(cfg.get('label_names'), 'pretrained_cfg.label_names', num_classes)
+    _names(cfg.get('label_descriptions'), 'pretrained_cfg.label_descriptions', num_classes)
+
+
+def _check_io(info: Dict[str, Any], inputs: Sequence[Any], outputs: Sequence[Any]) -> None:
+    """The graph's declared input / output shapes against the metadata (static dimensions only)."""
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise _Bad('graph', f'has {len(inputs)} inputs and {len(outputs)} outputs, not one of each')
+    graph = info['graph']
+    want_in = info['num_features'] if graph == 'head' else info['in_chans']
+    checks = [('input', inputs[0], 4, 1, want_in, 'num_features' if graph == 'head' else 'in_chans')]
+    if graph == 'backbone':
+        checks.append(('output', outputs[0], 4, 1, info['num_features'], 'num_features'))
+    else:
+        checks.append(('output', outputs[0], 2, 1, info['num_classes'], 'num_classes'))
+    for what, shape, rank, dim, want, name in checks:
+        if shape is None:
+            continue  # undeclared: checked when the graph runs
+        if len(shape) != rank:
+            raise _Bad('graph', f'{what} has {len(shape)} dimensions, a {graph} graph has {rank}')
+        if isinstance(shape[dim], int) and shape[dim] > 0 and shape[dim] != want:
+            raise _Bad(name, f'is {want}, but the graph\'s {what} has {shape[dim]}')
 
 
 def _parse_metadata(path: Path, props: Dict[str, str]) -> Dict[str, Any]:
     if METADATA_KEY not in props or PRETRAINED_CFG_KEY not in props:
         raise OnnxModelError(
             f'{path} has no timm-prelu metadata (keys {METADATA_KEY!r}, {PRETRAINED_CFG_KEY!r}): it was not exported '
-            f'by timm-prelu; export it with `timm-prelu export-onnx MODEL -o {path.name}`')
+            f'by timm-prelu; export it with `timm-prelu export-onnx MODEL -o {path.name}`', param='path')
     try:
         info = json.loads(props[METADATA_KEY])
         cfg = json.loads(props[PRETRAINED_CFG_KEY])
-    except json.JSONDecodeError as e:
-        raise OnnxModelError(f'{path}: timm-prelu metadata is not valid JSON ({e}): re-export the model')
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise OnnxModelError(f'{path}: timm-prelu metadata is not valid JSON ({_first_line(e)}): re-export the model',
+                             param='path') from e
     if not isinstance(info, dict) or not isinstance(cfg, dict):
-        raise OnnxModelError(f'{path}: timm-prelu metadata is malformed: re-export the model')
+        raise OnnxModelError(f'{path}: timm-prelu metadata is malformed (not a JSON object): re-export the model',
+                             param='path')
     fmt = info.get('format')
     if fmt != METADATA_FORMAT:
         raise OnnxModelError(
             f'{path}: timm-prelu metadata format {fmt!r}, this version reads {METADATA_FORMAT}: '
-            f're-export the model with this version of timm-prelu')
+            f're-export the model with this version of timm-prelu', param='path')
     if info.get('graph') not in GRAPH_KINDS:
-        raise OnnxModelError(f'{path}: unknown graph kind {info.get("graph")!r} in its metadata: re-export the model')
+        raise OnnxModelError(f'{path}: unknown graph kind {info.get("graph")!r} in its metadata: re-export the model',
+                             param='path')
     for k in ('mean', 'std', 'input_size', 'interpolation'):
         if k not in cfg:
-            raise OnnxModelError(f'{path}: pretrained_cfg metadata lacks {k!r}: re-export the model')
+            raise OnnxModelError(f'{path}: pretrained_cfg metadata lacks {k!r}: re-export the model', param='path')
+    try:
+        _check_fields(info, cfg)
+    except _Bad as e:
+        raise _metadata_error(path, e) from e
     info['pretrained_cfg'] = cfg
     return info
 
 
+def _metadata_error(path: Path, bad: _Bad) -> OnnxModelError:
+    field_name, what = bad.args
+    return OnnxModelError(f'{path}: metadata field {field_name} {what}: the file was altered or is not from '
+                          f'timm-prelu; re-export the model', param='path')
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0][:300] if text else '') or type(e).__name__
+
+
+def _proto_shape(value_info: Any) -> Optional[List[Union[int, str]]]:
+    if not value_info.type.HasField('tensor_type') or not value_info.type.tensor_type.HasField('shape'):
+        return None
+    return [d.dim_value if d.HasField('dim_value') else (d.dim_param or '?')
+            for d in value_info.type.tensor_type.shape.dim]
+
+
 def read_metadata(path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """The timm-prelu metadata of an exported graph (``pretrained_cfg`` included) without building a session."""
+    """The timm-prelu metadata of an exported graph (``pretrained_cfg`` included) without building a session.
+
+    Raises:
+        OnnxModelError: the file is missing, not ONNX, not from timm-prelu, or its metadata is inconsistent (with
+            itself or with the graph's declared input / output shapes).
+    """
     import onnx
     path = Path(path)
     if not path.is_file():
-        raise OnnxModelError(f'{path}: no such ONNX file: check the path or export one with `timm-prelu export-onnx`')
+        raise OnnxModelError(f'{path}: no such ONNX file: check the path or export one with `timm-prelu export-onnx`',
+                             param='path')
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf raises several types for garbage input
-        raise OnnxModelError(f'{path} is not a valid ONNX file ({type(e).__name__}): re-export it') from None
-    return _parse_metadata(path, {p.key: p.value for p in proto.metadata_props})
+        raise OnnxModelError(f'{path} is not a valid ONNX file ({type(e).__name__}): re-export it',
+                             param='path') from e
+    info = _parse_metadata(path, {p.key: p.value for p in proto.metadata_props})
+    graph_inputs = {i.name for i in proto.graph.initializer}
+    try:
+        _check_io(info, [_proto_shape(i) for i in proto.graph.input if i.name not in graph_inputs],
+                  [_proto_shape(o) for o in proto.graph.output])
+    except _Bad as e:
+        raise _metadata_error(path, e) from e
+    return info
 
 
 class OnnxModel:
@@ -141,7 +283,8 @@ class OnnxModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise OnnxModelError(
-                f'{self.path}: no such ONNX file: check the path or export one with `timm-prelu export-onnx`')
+                f'{self.path}: no such ONNX file: check the path or export one with `timm-prelu export-onnx`',
+                param='path')
         self.notes: List[str] = []
         requested = select_providers(providers)
         options = ort.SessionOptions()
@@ -151,9 +294,9 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=provider_args)
         except Exception as e:  # onnxruntime raises its own pybind types (InvalidProtobuf, Fail, ...)
-            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise OnnxModelError(f'{self.path} is not a valid ONNX model for onnxruntime {ort.__version__} ({msg}): '
-                                 f'it is corrupt, truncated or needs a newer onnxruntime; re-export it') from None
+            raise OnnxModelError(f'{self.path} is not a valid ONNX model for onnxruntime {ort.__version__} '
+                                 f'({_first_line(e)}): it is corrupt, truncated or needs a newer onnxruntime; '
+                                 f're-export it', param='path') from e
         meta = self.session.get_modelmeta().custom_metadata_map
         self.info = _parse_metadata(self.path, dict(meta))
         self.pretrained_cfg: Dict[str, Any] = self.info['pretrained_cfg']
@@ -163,11 +306,30 @@ class OnnxModel:
             if isinstance(providers, str) and providers.lower() == 'auto':
                 self.notes.append(msg + '; running on CPU')
             else:
-                raise OnnxModelError(f'{self.path}: {msg}; or use --provider cpu')
+                raise OnnxModelError(f'{self.path}: {msg}; or use --provider cpu', param='providers')
         self.device_id = device_id
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        try:
+            _check_io(self.info, [i.shape for i in inputs], [o.shape for o in outputs])
+        except _Bad as e:
+            raise _metadata_error(self.path, e) from e
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
+        if self.graph == 'backbone':
+            self._check_geometry()
+
+    def _check_geometry(self) -> None:
+        """Run the backbone once on a small input: its map must shrink by the feature stride the metadata states
+        (the dense window, input_size / stride cells, depends on it)."""
+        stride = self.info['feature_stride']
+        side = max(self.info['min_input_size'], 4 * stride)
+        out = self.run(np.zeros((1, self.info['in_chans'], side, side), np.float32))
+        low, high = side // stride, -(-side // stride) + 1
+        if not all(low <= n <= high for n in out.shape[2:]):
+            raise OnnxModelError(
+                f'{self.path}: metadata field feature_stride is {stride}, but the graph maps a {side}x{side} input to '
+                f'a {out.shape[2]}x{out.shape[3]} feature map (expected {low}..{high} cells): the file was altered or '
+                f'is not from timm-prelu; re-export the model', param='path')
 
     @property
     def graph(self) -> str:
@@ -192,26 +354,43 @@ class OnnxModel:
 
     def _check_input(self, shape: Sequence[int]) -> None:
         if len(shape) != 4:
-            raise ValueError(f'{self.path.name} takes an NCHW batch, got shape {tuple(shape)}')
+            raise InputSizeError(f'{self.path.name} takes an NCHW batch, got shape {tuple(shape)}', param='x')
         want_c = self.info['num_features'] if self.graph == 'head' else self.info['in_chans']
         if shape[1] != want_c:
-            raise ValueError(f'{self.path.name} takes {want_c} channels, got shape {tuple(shape)}')
+            raise InputSizeError(f'{self.path.name} takes {want_c} channels, got shape {tuple(shape)}', param='x')
         min_size = 1 if self.graph == 'head' else self.info['min_input_size']
         if min(shape[2], shape[3]) < min_size:
-            raise ValueError(
+            raise InputSizeError(
                 f'input of {shape[2]}x{shape[3]} is too small for {self.path.name}: both sides must be at least '
-                f'{min_size} (resize the image up)')
+                f'{min_size} (resize the image up)', param='x')
+
+    def _check_output(self, y: np.ndarray, batch: int) -> np.ndarray:
+        want = (self.info['num_features'],) if self.graph == 'backbone' else (self.info['num_classes'],)
+        ok = y.ndim == (4 if self.graph == 'backbone' else 2) and y.shape[0] == batch and y.shape[1] == want[0]
+        if not ok:
+            name = 'num_features' if self.graph == 'backbone' else 'num_classes'
+            raise OnnxModelError(
+                f'{self.path}: the graph returned shape {tuple(y.shape)} for a batch of {batch}, but metadata field '
+                f'{name} is {want[0]}: the file was altered or is not from timm-prelu; re-export the model',
+                param='path')
+        return y
 
     def run(self, x: Any) -> np.ndarray:
         """Run the graph on a float32 NCHW batch (numpy or torch, CUDA tensors read in place) -> numpy."""
         is_torch = type(x).__module__.startswith('torch')
         self._check_input(tuple(x.shape))
-        if self.uses_cuda:
-            return self._run_io_binding(x, is_torch)
-        if is_torch:
-            x = x.detach().to('cpu', dtype=_torch_float32()).numpy()
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        return self.session.run([self.output_name], {self.input_name: x})[0]
+        try:
+            if self.uses_cuda:
+                return self._check_output(self._run_io_binding(x, is_torch), x.shape[0])
+            if is_torch:
+                x = x.detach().to('cpu', dtype=_torch_float32()).numpy()
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            y = self.session.run([self.output_name], {self.input_name: x})[0]
+        except _ort_errors() as e:  # evaluated only when something was raised
+            raise OnnxModelError(f'{self.path}: onnxruntime cannot run the graph on an input of shape '
+                                 f'{tuple(x.shape)} ({_first_line(e)}): the file is corrupt or altered; re-export it',
+                                 param='path') from e
+        return self._check_output(y, x.shape[0])
 
     def _run_io_binding(self, x: Any, is_torch: bool) -> np.ndarray:
         import onnxruntime as ort
@@ -233,6 +412,13 @@ class OnnxModel:
     def __repr__(self) -> str:
         return (f'OnnxModel({str(self.path)!r}, graph={self.graph!r}, model={self.info.get("model_name")!r}, '
                 f'provider={self.provider!r})')
+
+
+@functools.lru_cache(maxsize=None)
+def _ort_errors() -> tuple:
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+    return tuple(getattr(state, n) for n in ('Fail', 'InvalidArgument', 'RuntimeException', 'InvalidGraph',
+                                             'NotImplemented', 'EPFail') if hasattr(state, n)) + (RuntimeError,)
 
 
 def _torch_float32():
