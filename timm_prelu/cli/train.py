@@ -26,9 +26,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+    from ..processes import describe_exit, signal_exit_code
     from ..training.launcher import launch_training
     train_args = args.train_args[1:] if args.train_args[:1] == ['--'] else args.train_args
-    return launch_training(
+    code = launch_training(
         train_args, recipe=args.recipe, script=args.timm_script, nproc_per_node=args.nproc_per_node,
         nnodes=args.nnodes, node_rank=args.node_rank, master_addr=args.master_addr,
         master_port=args.master_port, dry_run=args.dry_run)
+    if code:
+        print(f'timm-prelu train: training failed ({describe_exit(code)}): the first failing process and its '
+              f'error are above', file=sys.stderr)
+    return signal_exit_code(-code) if code < 0 else code

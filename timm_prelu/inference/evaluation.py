@@ -166,11 +166,11 @@ def evaluate_folder(
         data: ImageFolder root (``<class>/<image>``); class indices as timm's reader assigns them.
         out: Output folder (created); None writes nothing.
         limit: Evaluate only the first ``limit`` images (in timm's sorted order).
-        progress: Show a tqdm progress bar.
+        progress: Show progress (a bar on a terminal, a few lines in a log).
         max_image_pixels: Skip images larger than this.
         title: Title of the PNG plot.
     """
-    from tqdm import tqdm
+    from ..progress import progress as progress_bar
     samples, class_to_idx, others = list_imagefolder(data)
     if limit:
         samples = samples[:limit]
@@ -182,7 +182,7 @@ def evaluate_folder(
     k = min(TOPK, backend.num_classes)
     paths, targets, topk_idx, topk_prob = [], [], [], []
     correct = 0
-    bar = tqdm(samples, desc='eval', unit='img', disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(samples, desc='eval', unit='img', disable=not progress)
     for path, folder_target in bar:
         try:
             loaded = load_image(path, max_pixels=max_image_pixels)
