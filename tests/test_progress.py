@@ -40,8 +40,8 @@ def test_log_gets_a_line_per_tenth_and_no_carriage_returns():
     assert '\r' not in text
     lines = text.splitlines()
     assert len(lines) == 10, lines  # 10%, 20%, ..., 100%
-    assert lines[0].startswith('eval: 100/1000 img (10%), ')
-    assert lines[-1].startswith('eval: 1000/1000 img (100%), ')
+    assert lines[0].startswith('eval: 10% 100/1000 img, ')
+    assert lines[-1].startswith('eval: 100% 1000/1000 img, ')
 
 
 def test_log_line_every_30_s_when_the_work_is_slow():
@@ -54,7 +54,7 @@ def test_log_line_every_30_s_when_the_work_is_slow():
     bar.close()
     lines = out.getvalue().splitlines()
     assert [line.split(', ')[1] for line in lines] == ['30 s', '60 s', '90 s', '100 s']
-    assert lines[-1] == 'depth experiment: 50/1000 it (5%), 100 s, plain30 he: loss 2.1'
+    assert lines[-1] == 'depth experiment: 5% 50/1000 it, 100 s, plain30 he: loss 2.1'
 
 
 def test_unknown_total_and_postfix_fields():
@@ -82,4 +82,4 @@ def test_eval_into_a_log_writes_plain_progress_lines(digits_folder):
     assert '\r' not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith('eval: ')]
     assert 1 <= len(lines) <= 11, proc.stderr
-    assert lines[-1].startswith('eval: 90/90 img (100%)')
+    assert lines[-1].startswith('eval: 100% 90/90 img')

@@ -3,6 +3,7 @@
 Real process trees: `timm-prelu train` (torchrun -> train.py) and `timm-prelu demo`, signalled while train.py runs.
 Every descendant recorded before the signal must be gone afterwards, and nothing unfinished may be left behind.
 """
+import os
 import signal
 import subprocess
 import sys
@@ -123,3 +124,34 @@ def test_demo_sigterm_stops_training_and_leaves_no_partial_output(tmp_path):
     _assert_no_orphans(tree)
     assert not out.exists() and not partial.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_reproduce_sigterm_leaves_no_partial_output(tmp_path):
+    # no child process here: SIGTERM must unwind the main process like Ctrl-C, so the unfinished folder goes
+    out, partial = tmp_path / 'depth', tmp_path / 'depth.partial'
+    proc = subprocess.Popen([sys.executable, '-c', CLI, 'reproduce', 'depth', '--out', str(out), '--steps', '5000'],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        deadline = time.time() + 120
+        while not partial.is_dir() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert partial.is_dir() and proc.poll() is None, 'the experiment never started'
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == 'timm-prelu reproduce: terminated by SIGTERM'
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_timed_out_child_is_stopped_with_its_own_children(tmp_path):
+    from timm_prelu.processes import run_captured
+    pid_file = tmp_path / 'grandchild.pid'
+    with pytest.raises(subprocess.TimeoutExpired):
+        # the shell starts a grandchild and waits: stopping only the shell would leave `sleep` running
+        run_captured(['bash', '-c', f'sleep 300 & echo $! > {pid_file}; wait'], timeout_s=3)
+    pid = int(pid_file.read_text())
+    assert not os.path.exists(f'/proc/{pid}') or _stat(pid)[1] == 'Z'

@@ -12,9 +12,9 @@ import os
 import signal
 import subprocess
 import time
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
-__all__ = ['Terminated', 'terminate_raises', 'child_process', 'run_child', 'stop_process_group',
+__all__ = ['Terminated', 'terminate_raises', 'child_process', 'run_child', 'run_captured', 'stop_process_group',
            'signal_exit_code', 'describe_exit']
 
 GRACE_S = 5.0  # from SIGTERM to SIGKILL: time for torchrun to stop its workers and for train.py to exit
@@ -113,6 +113,15 @@ def run_child(command: Sequence[str], **popen_kwargs) -> int:
     """Run ``command`` to the end in its own process group (see ``child_process``); returns its exit status."""
     with child_process(command, **popen_kwargs) as proc:
         return proc.wait()
+
+
+def run_captured(command: Sequence[str], timeout_s: Optional[float] = None,
+                 **popen_kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)`` in its own process group:
+    on a timeout or an interruption the whole group is stopped, not only the direct child."""
+    with child_process(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen_kwargs) as proc:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    return subprocess.CompletedProcess(list(command), proc.returncode, stdout, stderr)
 
 
 def describe_exit(code: int) -> str:

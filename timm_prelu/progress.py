@@ -103,11 +103,10 @@ class LineProgress:
             self.last_step = step
 
     def _line(self, now: float) -> None:
-        done = f'{self.n:g}/{self.total:g} {self.unit}' if self.total else f'{self.n:g} {self.unit}'
-        pct = f' ({100 * self.n / self.total:.0f}%)' if self.total else ''
+        done = f'{100 * self.n / self.total:.0f}% {self.n:g}/{self.total:g}' if self.total else f'{self.n:g}'
         post = f', {self.postfix}' if self.postfix else ''
         head = f'{self.desc}: ' if self.desc else ''
-        self.file.write(f'{head}{done}{pct}, {now - self.start:.0f} s{post}\n')
+        self.file.write(f'{head}{done} {self.unit}, {now - self.start:.0f} s{post}\n')
         self.file.flush()
         self.last_time, self.last_n = now, self.n
 
