@@ -107,6 +107,9 @@ def child_process(command: Sequence[str], **popen_kwargs) -> Iterator[subprocess
         yield proc
     finally:
         stop_process_group(proc)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def run_child(command: Sequence[str], **popen_kwargs) -> int:

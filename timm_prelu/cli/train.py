@@ -11,7 +11,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                '--data-dir /data/imagenet -b 16')
     p.add_argument('--recipe', metavar='NAME|PATH',
                    help='bundled recipe (prelu_model_a, prelu_model_b, prelu_model_c) or a train.py YAML config')
-    p.add_argument('--nproc-per-node', type=int, default=1, metavar='N', help='processes (GPUs) per node')
+    p.add_argument('--nproc-per-node', type=int, default=1, metavar='N',
+                   help="processes per node: one per GPU, checked against the GPUs present (with train.py's "
+                        "--device cpu: CPU processes, gloo backend)")
     p.add_argument('--nnodes', type=int, default=1, metavar='N', help='number of nodes (default 1)')
     p.add_argument('--node-rank', type=int, default=0, metavar='R', help="this node's rank, for --nnodes > 1")
     p.add_argument('--master-addr', metavar='HOST', help='host of node 0, for --nnodes > 1')

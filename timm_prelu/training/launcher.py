@@ -190,7 +190,7 @@ def _plan(
         unknown = sorted(set(recipe_options) - train_option_names(train_script))
         if unknown:
             raise ConfigError(f'recipe {recipe_path} has keys that train.py does not know and would silently '
-                            f'ignore: {", ".join(unknown)}; use its argparse dest names (e.g. weight_decay)',
+                              f'ignore: {", ".join(unknown)}; use its argparse dest names (e.g. weight_decay)',
                               param='recipe')
         config = ['--config', str(recipe_path)]
     train_args = _with_plugin_module(train_args)
@@ -259,7 +259,7 @@ def _check_devices(args: argparse.Namespace, nproc_per_node: int) -> None:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         raise ConfigError(
-            f"train.py's device is {device!r} (its default), but PyTorch sees no CUDA device here: run on a "
+            f"train.py's --device is {device!r} (cuda is its default), but PyTorch sees no CUDA device here: run on a "
             f"machine with NVIDIA GPUs and a CUDA build of PyTorch, or pass train.py's --device cpu to train "
             f"{nproc_per_node} CPU process(es) with the gloo backend", param='train_args')
     if nproc_per_node > count:
