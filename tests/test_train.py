@@ -14,7 +14,7 @@ import timm
 
 import timm_prelu  # noqa: F401
 from timm_prelu.cli import main as cli_main
-from timm_prelu.errors import UserError
+from timm_prelu.errors import ConfigError, UserError
 from timm_prelu.training.launcher import (
     build_train_command, find_recipe, find_train_script, list_recipes, load_recipe, parse_train_args,
     train_option_names)
@@ -122,7 +122,8 @@ def test_launcher_builds_the_torchrun_command(train_script):
     command = build_train_command(['/data', '-b', '32', '--model-kwargs', 'fc_dim=64'], recipe='prelu_model_c',
                                   script=train_script, nproc_per_node=4, python='python')
     script_at = command.index(str(train_script))
-    assert command[:script_at] == ['python', '-m', 'torch.distributed.run', '--nproc_per_node=4', '--standalone']
+    assert command[:script_at] == ['python', '-m', 'torch.distributed.run', '--nproc_per_node=4',
+                                   '--local_ranks_filter=0', '--standalone']
     assert command[script_at + 1:] == [
         '--config', str(find_recipe('prelu_model_c')), '/data', '-b', '32', '--model-kwargs', 'fc_dim=64',
         '--device-modules', 'timm_prelu', '--min-lr', '0.0001']  # global batch 4 x 32 = 128: the paper's
@@ -139,15 +140,16 @@ def test_launcher_builds_the_torchrun_command(train_script):
     assert plain[plain.index(str(train_script)) + 1:] == ['--data-dir', '/data', '--device-modules', 'timm_prelu']
 
 
-@pytest.mark.parametrize('kwargs, message', [
-    (dict(train_args=['--config', 'x.yaml'], recipe='prelu_model_a'), 'not both'),
-    (dict(recipe='prelu_model_z'), 'prelu_model_a, prelu_model_b, prelu_model_c'),
-    (dict(nnodes=2), '--master-addr'),
-    (dict(nproc_per_node=0), 'at least 1'),
+@pytest.mark.parametrize('kwargs, message, param', [
+    (dict(train_args=['--config', 'x.yaml'], recipe='prelu_model_a'), 'not both', 'recipe'),
+    (dict(recipe='prelu_model_z'), 'prelu_model_a, prelu_model_b, prelu_model_c', 'recipe'),
+    (dict(nnodes=2), 'needs master_addr', 'master_addr'),
+    (dict(nproc_per_node=0), 'at least 1', 'nproc_per_node'),
 ])
-def test_launcher_rejects_bad_input(kwargs, message, train_script):
-    with pytest.raises(UserError, match=message):
+def test_launcher_rejects_bad_input(kwargs, message, param, train_script):
+    with pytest.raises(ConfigError, match=message) as e:
         build_train_command(script=train_script, **kwargs)
+    assert e.value.param == param
 
 
 @pytest.mark.parametrize('text, message', [

@@ -58,11 +58,11 @@ def profile_settings(quick: bool) -> Dict:
 
 
 class _Progress:
-    """One tqdm bar over the run's steps; each section names the step it starts."""
+    """One progress bar over the run's steps; each section names the step it starts."""
 
     def __init__(self, total: int):
-        from tqdm import tqdm
-        self.bar = tqdm(total=total, unit='step', file=sys.stderr, dynamic_ncols=True)
+        from ..progress import progress
+        self.bar = progress(total=total, unit='step', file=sys.stderr)
         self.started = False
 
     def __call__(self, desc: str) -> None:

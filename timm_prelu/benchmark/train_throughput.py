@@ -6,7 +6,6 @@ autotuning, allocator warm-up, worker start).
 """
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,6 +52,7 @@ def train_throughput(
 ) -> List[Dict]:
     """One short upstream train.py run per model; returns images/s (median of the logged rates) per model."""
     from ..demo.datasets import make_digits_imagefolder
+    from ..processes import run_captured
     from ..training.launcher import find_train_script
     script = find_train_script(script)
     data = Path(workdir) / 'digits'
@@ -62,7 +62,7 @@ def train_throughput(
     for model in models:
         cmd = train_command(script, data, Path(workdir) / 'runs', model, batch_size, img_size, epochs, device)
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=workdir)
+        proc = run_captured(cmd, timeout_s=timeout_s, cwd=workdir)  # stopped with its loader workers if we are
         log = proc.stdout + proc.stderr
         if proc.returncode != 0:
             raise UserError(f'train.py failed for {model} (exit {proc.returncode}): {log.strip()[-400:]}')

@@ -10,6 +10,7 @@ import sys
 from typing import List, Optional
 
 from ..errors import UserError
+from ..processes import Terminated, signal_exit_code, terminate_raises
 
 __all__ = ['main', 'build_parser']
 
@@ -30,13 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args) or 0
+        with terminate_raises():  # SIGTERM unwinds like Ctrl-C: children stopped, unfinished outputs removed
+            return args.func(args) or 0
     except UserError as e:
         print(f'timm-prelu {args.command}: error: {e}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f'timm-prelu {args.command}: interrupted', file=sys.stderr)
         return 130
+    except Terminated as e:
+        print(f'timm-prelu {args.command}: {e}', file=sys.stderr)
+        return signal_exit_code(e.signum)
 
 
 if __name__ == '__main__':

@@ -4,6 +4,12 @@ import argparse
 
 from ._args import parse_model_kwargs
 
+# Why He's std may still fall over a deep narrow net (a table reader's first question); derived in docs/init.md.
+FACTOR_NOTE = ("note: He makes each layer's variance factor 1 only in expectation; at finite width the factors are "
+               "random, and a product of random factors with mean 1 typically drifts below 1 (faster the fewer the "
+               "channels), so a slow fall of He's std over many narrow layers is expected, unlike Xavier's 1/2 per "
+               "layer; see docs/init.md ('Checking it')")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -61,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     print(f'{args.model}: std per layer for a batch of {args.batch_size} x {chans} x {height} x {width} N(0, 1) '
           f'images and an N(0, 1) output gradient')
     print(format_probe_table(results))
+    if 'he' in results:
+        print(FACTOR_NOTE)
     if args.depth_plot:
         path = plot_probe(results, args.depth_plot, title=f'{args.model}: std per layer at init')
         print(f'plot: {path}')

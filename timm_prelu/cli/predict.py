@@ -65,9 +65,27 @@ def build_predictor(args: argparse.Namespace):
     predictor = MultiScalePredictor(backend, scales=args.scales, views=views, flip=args.flip, window=args.window,
                                     input_size=args.input_size, crop_size=args.crop_size)
     print(f'predictor: {predictor.describe()}')
+    scale_note = far_scale_note(predictor.scales, predictor.input_size)
+    if scale_note:
+        print(f'note: {scale_note}')
     for note in backend.notes:
         print(f'note: {note}')
     return predictor
+
+
+FAR_SCALE_RATIO = 4  # the paper tests 224-trained nets at 256..480: up to about 2x
+
+
+def far_scale_note(scales, input_size) -> str:
+    """A note when test scales are over ``FAR_SCALE_RATIO`` times the training input size ('' when none are)."""
+    size = max(input_size)
+    far = [s for s in scales if s > FAR_SCALE_RATIO * size]
+    if not far:
+        return ''
+    near = ' '.join(str(round(size * s / 224)) for s in (256, 384, 480))
+    return (f'scales {" ".join(map(str, far))} are over {FAR_SCALE_RATIO}x the model\'s training input size '
+            f'({size} px): objects will look far larger than in training, so expect a high error; the paper\'s '
+            f'256 384 480 for 224 px are --scales {near} here (going on as asked)')
 
 
 def _expand(paths: List[str]) -> List[Path]:

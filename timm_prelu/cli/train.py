@@ -11,7 +11,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                '--data-dir /data/imagenet -b 16')
     p.add_argument('--recipe', metavar='NAME|PATH',
                    help='bundled recipe (prelu_model_a, prelu_model_b, prelu_model_c) or a train.py YAML config')
-    p.add_argument('--nproc-per-node', type=int, default=1, metavar='N', help='processes (GPUs) per node')
+    p.add_argument('--nproc-per-node', type=int, default=1, metavar='N',
+                   help="processes per node: one per GPU, checked against the GPUs present (with train.py's "
+                        "--device cpu: CPU processes, gloo backend)")
     p.add_argument('--nnodes', type=int, default=1, metavar='N', help='number of nodes (default 1)')
     p.add_argument('--node-rank', type=int, default=0, metavar='R', help="this node's rank, for --nnodes > 1")
     p.add_argument('--master-addr', metavar='HOST', help='host of node 0, for --nnodes > 1')
@@ -26,9 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+    from ..processes import describe_exit, signal_exit_code
     from ..training.launcher import launch_training
     train_args = args.train_args[1:] if args.train_args[:1] == ['--'] else args.train_args
-    return launch_training(
+    code = launch_training(
         train_args, recipe=args.recipe, script=args.timm_script, nproc_per_node=args.nproc_per_node,
         nnodes=args.nnodes, node_rank=args.node_rank, master_addr=args.master_addr,
         master_port=args.master_port, dry_run=args.dry_run)
+    if code:
+        print(f'timm-prelu train: training failed ({describe_exit(code)}): the first failing process and its '
+              f'error are above', file=sys.stderr)
+    return signal_exit_code(-code) if code < 0 else code

@@ -79,26 +79,23 @@ def _train_args(cfg: DemoConfig, data: Path, out: Path, act: str) -> List[str]:
 
 def _run_train(cfg: DemoConfig, data: Path, out: Path, act: str) -> Path:
     """Run train.py for one activation with a per-epoch progress bar; returns its experiment folder."""
-    from tqdm import tqdm
+    from ..processes import child_process
+    from ..progress import progress
     from ..training.launcher import build_train_command
     command = build_train_command(_train_args(cfg, data, out, act), recipe=MODEL, script=cfg.timm_script)
     log_path = out / f'{act}.log'
     log_path.parent.mkdir(parents=True, exist_ok=True)
     epoch_line = re.compile(r'^Test: \[\s*(\d+)/(\d+)\]')  # the last validation line of each epoch
-    with open(log_path, 'w') as log, tqdm(total=cfg.epochs, desc=f'train {act}', unit='epoch') as bar:
+    with open(log_path, 'w') as log, progress(total=cfg.epochs, desc=f'train {act}', unit='epoch') as bar:
         log.write(shlex.join(command) + '\n')
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
+        # interrupted or terminated: the whole torchrun group stops before the unfinished folder is removed
+        with child_process(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
             for line in proc.stdout:
                 log.write(line)
                 m = epoch_line.match(line)
                 if m and m.group(1) == m.group(2):
                     bar.update(1)
             code = proc.wait()
-        finally:  # interrupted: stop train.py before the unfinished folder is removed
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait()
     if code != 0:
         tail = ''.join(log_path.read_text().splitlines(keepends=True)[-15:])
         raise UserError(f'train.py failed for {act} (exit {code}); last lines of {log_path}:\n{tail}')

@@ -181,11 +181,11 @@ def evaluate_folder(
         out: Output folder (created); None writes nothing.
         limit: Evaluate only the first ``limit`` images (classes and file names in natural order); the folder
             walk stops there.
-        progress: Show a tqdm progress bar.
+        progress: Show progress (a bar on a terminal, a few lines in a log).
         max_image_pixels: Skip images larger than this.
         title: Title of the PNG plot.
     """
-    from tqdm import tqdm
+    from ..progress import progress as progress_bar
     listing = walk_imagefolder(data, limit=limit)
     samples, class_to_idx = listing.samples, listing.class_to_idx
     notes = _walk_notes(listing)
@@ -197,7 +197,7 @@ def evaluate_folder(
     k = min(TOPK, backend.num_classes)
     paths, targets, topk_idx, topk_prob = [], [], [], []
     correct = 0
-    bar = tqdm(samples, desc='eval', unit='img', disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(samples, desc='eval', unit='img', disable=not progress)
     for path, folder_target in bar:
         try:
             loaded = load_image(path, max_pixels=max_image_pixels)

@@ -131,7 +131,7 @@ def train_plain_net(
 ) -> DepthRun:
     """Train a ``depth``-layer plain ReLU net initialised with ``rule`` for ``config.steps`` SGD iterations.
 
-    ``progress``: a tqdm bar to advance once per iteration (its postfix shows the running loss).
+    ``progress``: a progress bar (``timm_prelu.progress``) to advance once per iteration (its postfix shows the running loss).
     """
     x_train, y_train, x_val, y_val = data
     torch.manual_seed(seed)
@@ -172,13 +172,13 @@ def run_depth_experiment(
         show_progress: bool = True,
 ) -> List[DepthRun]:
     """Train every (depth, rule) pair on the same data, batches and seed."""
-    from tqdm import tqdm
+    from ..progress import progress
     if config.steps < 50:
         raise UserError(f'--steps {config.steps} is too few to tell converging from stalling: use at least 50')
     data = digits_tensors(config.img_size, seed=seed)
     runs = []
-    with tqdm(total=config.steps * len(depths) * len(rules), desc='depth experiment', unit='it',
-              disable=not show_progress) as bar:
+    with progress(total=config.steps * len(depths) * len(rules), desc='depth experiment', unit='it',
+                  disable=not show_progress) as bar:
         for depth in depths:
             for rule in rules:
                 runs.append(train_plain_net(depth, rule, data, config, seed=seed, progress=bar))
