@@ -2,6 +2,7 @@
 import argparse
 import csv
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from timm_prelu.errors import UserError
 from timm_prelu.inference.evaluation import error_table, evaluate_folder, format_table6, table_from_predictions
 from timm_prelu.inference.predictor import MultiScalePredictor, OnnxBackend, TorchBackend
 from timm_prelu.onnx_model.export import resolve_model
+from timm_prelu.outputs import MARKER_NAME
 
 KWARGS = {'width_mult': 0.125, 'fc_dim': 64}
 VIEWS = ('full', 'center', 'dense')
@@ -75,9 +77,13 @@ def test_export_and_eval_cli(checkpoint, val_folder, tmp_path, capsys):
     assert '| scale s | full top-1 | full top-5 | center top-1 | center top-5 | dense top-1 | dense top-5 |' in out
     assert '90 images evaluated, 2 skipped' in out
     assert sorted(p.name for p in out_dir.iterdir()) == [
-        'predictions.csv', 'predictions.npz', 'skipped.txt', 'table.csv', 'table.md', 'table.png']
+        MARKER_NAME, 'predictions.csv', 'predictions.npz', 'skipped.txt', 'table.csv', 'table.md', 'table.png']
+    # image paths relative to the ImageFolder, which the table's footer names
+    listed = [r['path'] for r in _rows(out_dir / 'predictions.csv')]
+    assert len(listed) == 90 and all(not Path(p).is_absolute() and (val_folder / p).is_file() for p in listed)
+    assert f'images of {val_folder}' in (out_dir / 'table.md').read_text()
     skipped = (out_dir / 'skipped.txt').read_text()
-    assert '000_broken.png' in skipped and 'corrupt or truncated' in skipped
+    assert '0/000_broken.png\t' in skipped and 'corrupt or truncated' in skipped and str(val_folder) not in skipped
     assert 'README.txt' in skipped and 'not an image file type' in skipped
 
     rows = _rows(out_dir / 'table.csv')

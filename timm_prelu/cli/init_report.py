@@ -2,7 +2,7 @@
 layer after He and Xavier init (the paper's section 2.2), as a table and a log-scale plot."""
 import argparse
 
-from ._args import parse_model_kwargs
+from ._args import check_output, parse_model_kwargs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help='extra model arguments, e.g. width_mult=0.25 fc_dim=256')
     p.add_argument('--depth-plot', metavar='PNG', default=None,
                    help='also write the std per layer, one line per rule, to this PNG')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace the --depth-plot file if timm-prelu wrote it (never a file it did not write)')
     p.set_defaults(func=run)
 
 
@@ -37,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from ..errors import UserError
     from ..init.probe import create_model, format_probe_table, plot_probe, probe_rule
+    if args.depth_plot:
+        check_output(args.depth_plot, '--depth-plot', kind='file', overwrite=args.overwrite)
     if args.batch_size < 1:
         raise UserError(f'--batch-size must be at least 1, got {args.batch_size}')
     from ..init.plain_net import is_plain_net_name
