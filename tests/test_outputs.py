@@ -316,7 +316,15 @@ def test_overwrite_replaces_our_own_folder(tmp_path):
             pass
     with finished_output_dir(out, overwrite=True) as work:
         (work / 'b.txt').write_text('second')
-    assert sorted(p.name for p in out.iterdir()) == [MARKER_NAME, 'b.txt']
+        private = work / 'private.bin'  # as a library writing through tempfile.mkstemp leaves it
+        private.write_bytes(b'x')
+        private.chmod(0o600)
+    assert sorted(p.name for p in out.iterdir()) == [MARKER_NAME, 'b.txt', 'private.bin']
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (out, out / 'b.txt', out / 'private.bin', out / MARKER_NAME):
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert path.stat().st_mode & 0o777 == expected, path
     assert _leftovers(tmp_path) == []
 
 

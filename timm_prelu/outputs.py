@@ -319,10 +319,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _set_default_mode(path: Path, mode: int) -> None:
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(path, mode & ~umask)
+    return umask
+
+
+def _set_default_mode(path: Path, mode: int) -> None:
+    os.chmod(path, mode & ~_umask())
+
+
+def _usual_permissions(folder: Path) -> None:
+    """Give what was written through private temp files (mkstemp: 0600) the permissions the umask allows."""
+    umask = _umask()
+    for root, dirs, files in os.walk(folder):
+        for name, mode in [(d, 0o777) for d in dirs] + [(f, 0o666) for f in files]:
+            path = os.path.join(root, name)
+            st = os.lstat(path)
+            if not os.path.islink(path) and (st.st_mode | (mode & ~umask)) != st.st_mode:
+                os.chmod(path, (st.st_mode & 0o7777) | (mode & ~umask))
 
 
 @contextlib.contextmanager
@@ -346,6 +361,7 @@ def finished_output_dir(out: PathLike, overwrite: bool = False, *, inputs: Itera
             yield work
         finally:
             _ACTIVE.pop(work, None)
+        _usual_permissions(work)
         _write_marker(work, 'finished', kind)
         if os.path.lexists(out):  # check again: the destination may have changed while we worked
             why = _existing_problem(out, 'dir', overwrite)
