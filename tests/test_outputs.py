@@ -4,7 +4,6 @@ Read-only destinations: the tests run as root, for whom a chmod'ed folder stays 
 a path below a regular file (no filesystem lets a file have children) and, on Linux, a path in /proc (which
 refuses new files even for root).
 """
-import argparse
 import json
 import os
 import sys
@@ -15,8 +14,8 @@ import pytest
 from timm_prelu.cli import main
 from timm_prelu.errors import OutputError
 from timm_prelu.outputs import (
-    MARKER_NAME, check_destination, final_data, final_path, finished_output_dir, finished_output_file, finished_output_files,
-    is_timm_prelu_output, save_figure,
+    MARKER_NAME, check_destination, final_data, final_path, finished_output_dir, finished_output_file,
+    finished_output_files, is_timm_prelu_output, save_figure,
 )
 
 KWARGS = {'width_mult': 0.125, 'fc_dim': 64}
@@ -252,7 +251,8 @@ def test_each_command_fails_on_a_bad_destination_before_any_work(tmp_path, no_wo
     ckpt = tmp_path / 'ckpt.pth.tar'
     ckpt.write_bytes(b'')
     commands = {
-        'export-onnx': (['export-onnx', 'prelu_model_c', '--pretrained', '-o'], '-o', [str(user), str(a_file / 'm.onnx')]),
+        'export-onnx': (['export-onnx', 'prelu_model_c', '--pretrained', '-o'], '-o',
+                        [str(user), str(a_file / 'm.onnx')]),
         'eval': (['eval', '--data', str(data), '--model', 'prelu_model_c', '--out'], '--out', [str(a_file), str(user)]),
         'demo': (['demo', '--out'], '--out', [str(a_file), str(user)]),
         'bench': (['bench', '--out'], '--out', [str(a_file), str(user)]),

@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f'sections to run (default: all): {", ".join(SECTIONS)}; "paths" includes the efficiency '
                         f'table; "train" (upstream train.py throughput) needs --device cuda')
     p.add_argument('--threads', type=int, default=None, help='PyTorch / ONNX Runtime threads (default: PyTorch\'s)')
-    p.add_argument('--overwrite', action='store_true', help='replace an earlier report in --out (never a folder timm-prelu did not write)')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace an earlier report in --out (never a folder timm-prelu did not write)')
     p.set_defaults(func=run)
 
 

@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     'depth_experiment.png (loss vs iteration), losses.csv and summary.md to --out.')
     p.add_argument('experiment', choices=['depth'], help='the experiment to run')
     p.add_argument('--out', default='output/depth_experiment', help='output folder (default: %(default)s)')
-    p.add_argument('--overwrite', action='store_true', help='replace --out if an earlier run wrote it (never a folder timm-prelu did not write)')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace --out if an earlier run wrote it (never a folder timm-prelu did not write)')
     p.add_argument('--steps', type=int, default=defaults.steps, help='SGD iterations per run (default: %(default)s)')
     p.add_argument('--seed', type=int, default=0, help='seed of the weights, the data split and the batches')
     p.add_argument('--depths', type=int, nargs='+', default=[22, 30], help='depths (conv + fc layers) to train')
