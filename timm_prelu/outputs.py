@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
-from .errors import OutputError
+from .errors import ConfigError, OutputError
 
 __all__ = [
     'MARKER_NAME', 'check_destination', 'finished_output_dir', 'finished_output_file', 'finished_output_files',
@@ -269,7 +269,7 @@ def check_destination(path: PathLike, *, kind: str = 'dir', overwrite: bool = Fa
         OutputError: Naming what is wrong with ``path`` and what to do.
     """
     if kind not in ('dir', 'file'):
-        raise ValueError(f"kind must be 'dir' or 'file', got {kind!r}")
+        raise ConfigError(f"kind must be 'dir' or 'file', got {kind!r}", param='kind')
     if path is None or os.fspath(path) == '':
         raise OutputError('no output path given: name a file or folder to write', param=param)
     p = Path(os.path.abspath(os.fspath(path)))
@@ -300,7 +300,8 @@ def check_destination(path: PathLike, *, kind: str = 'dir', overwrite: bool = Fa
 def _discard_stale_partials(out: Path) -> None:
     """Remove work folders of interrupted runs of ours for ``out`` (marked, and their process is gone)."""
     host = socket.gethostname()
-    for candidate in out.parent.glob(f'{out.name}.partial-*'):
+    prefix = f'{out.name}.partial-'
+    for candidate in (c for c in out.parent.iterdir() if c.name.startswith(prefix)):
         marker = _read_marker(candidate) if candidate.is_dir() and not candidate.is_symlink() else None
         if not marker or marker.get('state') != 'partial' or marker.get('host') != host:
             continue
