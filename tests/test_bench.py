@@ -217,14 +217,16 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_refuses_to_replace_a_folder_it_did_not_write(tmp_path):
     (tmp_path / 'notes.txt').write_text('keep me')
-    with pytest.raises(UserError, match='choose a new or empty --out'):
-        run_benchmarks(tmp_path, quick=True)
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match='already exists' if not overwrite else 'not an output of timm-prelu'):
+            run_benchmarks(tmp_path, quick=True, overwrite=overwrite)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['notes.txt']
     assert (tmp_path / 'notes.txt').read_text() == 'keep me'
 
 
 def test_an_earlier_report_is_kept_without_overwrite(report):
     before = (report / 'BENCHMARKS.md').read_text()
-    with pytest.raises(UserError, match='earlier report.*--overwrite'):
+    with pytest.raises(UserError, match='already exists.*overwrite=True'):
         run_benchmarks(report, quick=True)
     assert (report / 'BENCHMARKS.md').read_text() == before
 

@@ -37,7 +37,27 @@ def test_demo_writes_every_artefact(demo_run):
     assert not missing
     for png in demo_run.glob('*.png'):
         assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-    assert not demo_run.with_name(demo_run.name + '.partial').exists()
+    assert not list(demo_run.parent.glob(f'{demo_run.name}.partial*'))
+
+
+def test_finished_demo_names_no_work_folder(demo_run):
+    """Paths inside the finished output are relative to it, or final: none names the work folder it was built in."""
+    import yaml
+    from timm_prelu.onnx_model.runtime import read_metadata
+    from timm_prelu.outputs import is_timm_prelu_output
+    naming_work = [str(p.relative_to(demo_run)) for p in demo_run.rglob('*')
+                   if p.is_file() and b'.partial' in p.read_bytes()]
+    assert naming_work == []
+    assert is_timm_prelu_output(demo_run)
+    for act in ACTS:
+        args = yaml.safe_load((demo_run / 'train' / act / 'args.yaml').read_text())
+        assert (args['data_dir'], args['output']) == ('data', 'train')  # relative to the demo folder
+        with open(demo_run / 'eval' / act / 'predictions.csv') as f:
+            paths = [line.split(',')[0] for line in f.read().splitlines()[1:]]
+        assert paths and all((demo_run / 'data' / 'val' / p).is_file() for p in paths)
+        assert f'images of {demo_run / "data" / "val"};' in (demo_run / 'eval' / act / 'table.md').read_text()
+        source = read_metadata(demo_run / 'onnx' / f'{act}.onnx')['source']
+        assert source['folder'] == str(demo_run / 'hub' / act)
 
 
 def test_report_table_is_recomputed_from_saved_predictions(demo_run):
@@ -99,7 +119,9 @@ def test_rerun_into_existing_folder_is_refused(demo_run):
 
 def test_ctrl_c_leaves_nothing_that_looks_finished(tmp_path):
     out = tmp_path / 'run'
-    partial = tmp_path / 'run.partial'
+
+    def training_started() -> bool:
+        return any((p / 'train').exists() for p in tmp_path.glob('run.partial-*'))
     # As a terminal's Ctrl-C finds it: a job started in the background by a non-interactive shell (as CI may run
     # the suite) inherits SIGINT ignored, and Python then leaves it ignored; restore Python's own handler.
     cli = ('import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); '
@@ -107,11 +129,11 @@ def test_ctrl_c_leaves_nothing_that_looks_finished(tmp_path):
     proc = subprocess.Popen([sys.executable, '-c', cli, 'demo', '--quick', '--out', str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
-    while not (partial / 'train').exists() and time.time() < deadline and proc.poll() is None:
+    while not training_started() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    assert (partial / 'train').exists(), 'the demo never reached its training stage'
+    assert training_started(), 'the demo never reached its training stage'
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert 'interrupted' in stderr
-    assert not out.exists() and not partial.exists()
+    assert not out.exists() and list(tmp_path.iterdir()) == []

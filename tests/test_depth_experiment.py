@@ -37,7 +37,8 @@ def test_reproduce_cli(tmp_path, capsys):
     assert main(['reproduce', 'depth', '--out', str(out), '--steps', '60', '--depths', '8', '--seed', '1']) == 0
     printed = capsys.readouterr().out
     assert '| 8-layer, he |' in printed and '| 8-layer, xavier |' in printed
-    assert sorted(p.name for p in out.iterdir()) == ['depth_experiment.png', 'losses.csv', 'summary.md']
+    assert sorted(p.name for p in out.iterdir()) == ['.timm-prelu-output.json', 'depth_experiment.png', 'losses.csv',
+                                                     'summary.md']
     assert (out / 'summary.md').read_text().strip() in printed
     assert len((out / 'losses.csv').read_text().splitlines()) == 61
     assert (out / 'depth_experiment.png').read_bytes()[:4] == b'\x89PNG'
@@ -46,7 +47,7 @@ def test_reproduce_cli(tmp_path, capsys):
 def test_reproduce_cli_errors(tmp_path, capsys):
     a_file = tmp_path / 'f'
     a_file.write_text('')
-    for argv, message in [(['--steps', '10'], 'too few'), (['--out', str(a_file)], 'already exists'),
+    for argv, message in [(['--steps', '10'], 'too few'), (['--out', str(a_file)], 'is a file, where a folder goes'),
                           (['--depths', '4'], 'at least 6')]:
         assert main(['reproduce', 'depth', '--out', str(tmp_path / 'o'), *argv]) == 2
         err = capsys.readouterr().err

@@ -3,6 +3,7 @@ figures beside the rows whose setup matches), recomputable predictions."""
 import argparse
 import csv
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from timm_prelu.inference.evaluation import error_table, evaluate_folder, table_
 from timm_prelu.inference.predictor import MultiScalePredictor, OnnxBackend, TorchBackend
 from timm_prelu.inference.tables import EvalSetup, tables_markdown, twin_table4_markdown
 from timm_prelu.onnx_model.export import resolve_model
+from timm_prelu.outputs import MARKER_NAME
 
 KWARGS = {'width_mult': 0.125, 'fc_dim': 64}
 VIEWS = ('full', 'center', 'dense', 'ten_crop')
@@ -86,9 +88,14 @@ def test_export_and_eval_cli(checkpoint, val_folder, tmp_path, capsys):
     assert 'paper top-1' not in out
     assert '90 images evaluated, 2 skipped' in out
     assert sorted(p.name for p in out_dir.iterdir()) == [
-        'class_to_idx.json', 'predictions.csv', 'predictions.npz', 'skipped.txt', 'table.csv', 'table.md', 'table.png']
+        MARKER_NAME, 'class_to_idx.json', 'predictions.csv', 'predictions.npz', 'skipped.txt', 'table.csv', 'table.md',
+        'table.png']
+    # image paths relative to the ImageFolder, which the table's footer names
+    listed = [r['path'] for r in _rows(out_dir / 'predictions.csv')]
+    assert len(listed) == 90 and all(not Path(p).is_absolute() and (val_folder / p).is_file() for p in listed)
+    assert f'images of {val_folder}' in (out_dir / 'table.md').read_text()
     skipped = (out_dir / 'skipped.txt').read_text()
-    assert '000_broken.png' in skipped and 'corrupt or truncated' in skipped
+    assert '0/000_broken.png\t' in skipped and 'corrupt or truncated' in skipped and str(val_folder) not in skipped
     assert 'README.txt' in skipped and 'not an image file type' in skipped
 
     rows = _rows(out_dir / 'table.csv')

@@ -83,7 +83,8 @@ def test_dry_run_folder_is_timm_layout_and_loads_with_plain_timm(trained_run, re
     out = tmp_path / 'digits-prelu'
     assert cli(['push', str(trained_run['dir'] / 'model_best.pth.tar'), '--repo-id', 'me/digits-prelu',
                 '--dry-run', str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    assert sorted(p.name for p in out.iterdir()) == ['.timm-prelu-output.json', 'README.md', 'config.json',
+                                                     'model.safetensors']
     assert sorted(p.name for p in tmp_path.iterdir()) == ['digits-prelu']  # no temp folder left beside it
 
     config = json.loads((out / 'config.json').read_text())
@@ -112,14 +113,14 @@ def test_dry_run_folder_is_timm_layout_and_loads_with_plain_timm(trained_run, re
     labels = tmp_path / 'labels.txt'
     labels.write_text('zero\none\n')
     assert cli(['push', str(trained_run['dir'] / 'model_best.pth.tar'), '--repo-id', 'me/digits-prelu',
-                '--dry-run', str(out), '--labels', str(labels)]) == 2
+                '--dry-run', str(out), '--overwrite', '--labels', str(labels)]) == 2
     assert '2 label names given for a model with 10 classes' in capsys.readouterr().err
     labels.unlink()
 
     # a failing rebuild leaves the finished folder as it was
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert cli(['push', str(trained_run['dir'] / 'model_best.pth.tar'), '--repo-id', 'me/digits-prelu',
-                '--dry-run', str(out), '--model-kwargs', 'num_classes=3']) == 2
+                '--dry-run', str(out), '--overwrite', '--model-kwargs', 'num_classes=3']) == 2
     assert 'num_classes=10' in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ['digits-prelu']

@@ -159,7 +159,8 @@ def test_failed_export_leaves_no_file(exported, tmp_path, monkeypatch):
     """Graphs go to temp files renamed only when all passed: a failure on the last one keeps the old file alone."""
     model, result, _ = exported['prelu_model_a']
     target = tmp_path / 'model.onnx'
-    target.write_bytes(b'previous export')
+    previous = result.model.read_bytes()  # an earlier export of ours, which overwrite may replace
+    target.write_bytes(previous)
     protos = {'image': onnx.load(str(result.backbone)), 'features': onnx.load(str(result.head))}
     monkeypatch.setattr(onnx_export, '_export_graph', lambda module, example, arg_name, *args: protos[arg_name])
     checked = []
@@ -172,17 +173,18 @@ def test_failed_export_leaves_no_file(exported, tmp_path, monkeypatch):
         real_check(path, **kwargs)
     monkeypatch.setattr(onnx.checker, 'check_model', check_then_fail_on_the_head)
     with pytest.raises(onnx.checker.ValidationError):
-        export_onnx(model, target, split=True, verify=False)
+        export_onnx(model, target, split=True, verify=False, overwrite=True)
     assert len(checked) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ['model.onnx']
-    assert target.read_bytes() == b'previous export'
+    assert target.read_bytes() == previous
 
 
 def test_bad_output_path(tmp_path):
     with pytest.raises(UserError, match='must end in .onnx'):
         export_onnx(_model('prelu_model_a', seed=0), tmp_path / 'model.bin')
-    with pytest.raises(UserError, match='no such folder'):
-        export_onnx(_model('prelu_model_a', seed=0), tmp_path / 'missing' / 'model.onnx')
+    (tmp_path / 'a-file').write_text('')
+    with pytest.raises(UserError, match='cannot be created'):
+        export_onnx(_model('prelu_model_a', seed=0), tmp_path / 'a-file' / 'model.onnx')
 
 
 def test_metadata_json_is_plain(exported):

@@ -119,5 +119,6 @@ def test_init_report_cli_errors(tmp_path, capsys):
     assert main(['init-report', 'no_such_model']) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'unknown model' in err and 'plain30' in err
-    assert main(['init-report', 'plain12', '--depth-plot', str(tmp_path / 'missing' / 'p.png')]) == 2
-    assert 'does not exist' in capsys.readouterr().err
+    (tmp_path / 'a-file').write_text('')
+    assert main(['init-report', 'plain12', '--depth-plot', str(tmp_path / 'a-file' / 'p.png')]) == 2
+    assert '--depth-plot' in (err := capsys.readouterr().err) and 'cannot be created' in err

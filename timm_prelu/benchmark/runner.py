@@ -133,23 +133,6 @@ def _summary(sections: Dict, peak_row: Dict) -> List[Dict]:
     return out
 
 
-def _check_out(out: Path, overwrite: bool) -> bool:
-    """Before any work: refuse a folder bench did not write (the output folder is replaced as a whole) and an
-    earlier report unless ``overwrite``. Returns whether an existing ``out`` may be replaced."""
-    if not out.exists():
-        return False
-    if not out.is_dir():
-        raise UserError(f'{out} exists and is not a folder: choose another --out')
-    if not any(out.iterdir()):
-        return True
-    if not (out / 'results.json').is_file():
-        raise UserError(f'{out} is a folder with other files in it, and bench replaces its --out folder as a whole: '
-                        f'choose a new or empty --out (e.g. {out / "benchmarks"})')
-    if not overwrite:
-        raise UserError(f'{out} holds an earlier report: choose another --out, or pass --overwrite to replace it')
-    return True
-
-
 def run_benchmarks(
         out: os.PathLike,
         device: str = 'cpu',
@@ -167,10 +150,10 @@ def run_benchmarks(
         quick: The quick profile (narrow networks, small inputs, few repeats).
         sections: Any of 'activation', 'paths' (with section 3, efficiency), 'dense', 'scaling'.
         threads: PyTorch (and ONNX Runtime) threads; default: PyTorch's default for this machine.
-        overwrite: Replace an existing report folder.
+        overwrite: Replace an earlier report folder (never a folder timm-prelu did not write).
         command: The command line to print in the report.
     """
-    from ..outputs import finished_output_dir
+    from ..outputs import check_destination, finished_output_dir
     device = _check_device(device)
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown or not sections:
@@ -182,7 +165,7 @@ def run_benchmarks(
                             f'them out of --sections')
         sections = [s for s in sections if s not in GPU_ONLY_SECTIONS]
     out = Path(out)
-    replace = _check_out(out, overwrite)
+    check_destination(out, overwrite=overwrite)  # before any work: a report folder is replaced as a whole
     if threads is not None:
         if threads < 1:
             raise UserError(f'--threads must be at least 1, got {threads}')
@@ -198,7 +181,7 @@ def run_benchmarks(
     results: Dict = dict(command=command or 'timm-prelu bench', device=device, quick=quick, machine=machine,
                          started=started.isoformat(timespec='seconds'), sections={})
     sec = results['sections']
-    with finished_output_dir(out, overwrite=replace) as work:
+    with finished_output_dir(out, overwrite=overwrite, kind='bench') as work:
         try:
             progress('matmul peak')
             peak_rows = _matmul_rows('start', matmul_peak(device, settings['matmul_n'],

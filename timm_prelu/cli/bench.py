@@ -19,12 +19,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f'sections to run (default: all): {", ".join(SECTIONS)}; "paths" includes the efficiency '
                         f'table; "train" (upstream train.py throughput) needs --device cuda')
     p.add_argument('--threads', type=int, default=None, help='PyTorch / ONNX Runtime threads (default: PyTorch\'s)')
-    p.add_argument('--overwrite', action='store_true', help='replace an existing report in --out')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace an earlier report in --out (never a folder timm-prelu did not write)')
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..benchmark import run_benchmarks
+    from ._args import check_output
+    check_output(args.out, '--out', overwrite=args.overwrite)
     command = 'timm-prelu ' + ' '.join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ['bench'] \
         else 'timm-prelu bench'
     path = run_benchmarks(args.out, device=args.device, quick=args.quick, sections=args.sections,

@@ -6,7 +6,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         'demo', help='data -> train.py (ReLU vs PReLU) -> hub folder -> timm load -> ONNX multi-scale eval -> report')
     p.add_argument('--out', default='demo-run', help='output folder (default: ./demo-run)')
-    p.add_argument('--overwrite', action='store_true', help='replace an existing output folder')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace an earlier demo folder at --out (never a folder timm-prelu did not write)')
     p.add_argument('--quick', action='store_true', help='tiny widths, 2 epochs, fewer images (what CI runs)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--epochs', type=int, default=None, help='training epochs (default: 40, quick: 2)')
@@ -20,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
     from ..demo.pipeline import DemoConfig, run_demo
+    from ._args import check_output
+    check_output(args.out, '--out', overwrite=args.overwrite)
     kwargs = dict(out=Path(args.out), overwrite=args.overwrite, seed=args.seed, timm_script=args.timm_script,
                   repo_id=args.repo_id, providers=args.providers)
     if args.epochs is not None:

@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import UserError
-from ._args import parse_model_kwargs
+from ._args import check_output, parse_model_kwargs
 
 
 def read_label_names(source: Optional[str]) -> Optional[List[str]]:
@@ -57,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help='class names: a text file (one per line) or the ImageFolder the model was trained on')
     p.add_argument('--input-size', type=int, default=None, metavar='PX',
                    help='training image size, if not recorded (sets the centre crop and the dense window)')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace existing output files, if timm-prelu exported them (never other files)')
     p.add_argument('--no-verify', dest='verify', action='store_false',
                    help='skip running each graph once in ONNX Runtime against PyTorch')
     p.set_defaults(func=run)
@@ -65,11 +67,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..onnx_model.export import export_onnx
     from ..onnx_model.runtime import read_metadata
+    check_output(args.output, '-o', kind='onnx', split=args.split, overwrite=args.overwrite,
+                 inputs=[args.model if Path(args.model).exists() else None, args.labels])
     result = export_onnx(
         args.model, args.output, opset=args.opset, fp16=args.fp16, split=args.split, model_name=args.model_name,
         model_kwargs=parse_model_kwargs(args.model_kwargs), num_classes=args.num_classes,
         pretrained=args.pretrained, label_names=read_label_names(args.labels), input_size=args.input_size,
-        verify=args.verify)
+        verify=args.verify, overwrite=args.overwrite)
     info = read_metadata(result.model)
     cfg = info['pretrained_cfg']
     source = info['source']

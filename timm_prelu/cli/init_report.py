@@ -2,7 +2,7 @@
 layer after He and Xavier init (the paper's section 2.2), as a table and a log-scale plot."""
 import argparse
 
-from ._args import parse_model_kwargs
+from ._args import check_output, parse_model_kwargs
 
 # Why He's std may still fall over a deep narrow net (a table reader's first question); derived in docs/init.md.
 FACTOR_NOTE = ("note: He makes each layer's variance factor 1 only in expectation; at finite width the factors are "
@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help='extra model arguments, e.g. width_mult=0.25 fc_dim=256')
     p.add_argument('--depth-plot', metavar='PNG', default=None,
                    help='also write the std per layer, one line per rule, to this PNG')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace the --depth-plot file if timm-prelu wrote it (never a file it did not write)')
     p.set_defaults(func=run)
 
 
@@ -43,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from ..errors import UserError
     from ..init.probe import create_model, format_probe_table, plot_probe, probe_rule
+    if args.depth_plot:
+        check_output(args.depth_plot, '--depth-plot', kind='file', overwrite=args.overwrite)
     if args.batch_size < 1:
         raise UserError(f'--batch-size must be at least 1, got {args.batch_size}')
     from ..init.plain_net import is_plain_net_name

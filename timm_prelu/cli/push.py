@@ -1,7 +1,7 @@
 """`timm-prelu push`: publish a train.py checkpoint on the Hugging Face Hub in timm's layout (one commit)."""
 import argparse
 
-from ._args import parse_model_kwargs
+from ._args import check_output, parse_model_kwargs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,6 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--ema', action='store_true', help="publish the EMA weights (train.py --model-ema)")
     p.add_argument('--onnx', action='store_true', help='also export model.onnx (needs timm-prelu[onnx])')
     p.add_argument('--dry-run', metavar='OUT_DIR', default=None, help='write the repo folder here, upload nothing')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace the --dry-run folder if timm-prelu wrote it (never a folder it did not write)')
     p.add_argument('--model', default=None, help='architecture, if the checkpoint does not record it')
     p.add_argument('--model-kwargs', nargs='*', default=None, metavar='K=V',
                    help='model arguments overriding the recorded ones, e.g. width_mult=0.5 num_classes=100')
@@ -32,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
     from ..errors import UserError
     from ..hub.publish import build_hub_folder, push_checkpoint
+    if args.dry_run:
+        check_output(args.dry_run, '--dry-run', overwrite=args.overwrite, inputs=[args.checkpoint, args.labels])
     labels = None
     if args.labels:
         try:
@@ -41,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
     common = dict(use_ema=args.ema, model_name=args.model, model_kwargs=parse_model_kwargs(args.model_kwargs),
                   label_names=labels, dataset=args.dataset, license=args.license, onnx=args.onnx)
     if args.dry_run:
-        folder = build_hub_folder(args.checkpoint, args.dry_run, args.repo_id, **common)
-        print(f'wrote {folder} ({", ".join(sorted(p.name for p in folder.iterdir()))}); nothing uploaded')
+        folder = build_hub_folder(args.checkpoint, args.dry_run, args.repo_id, overwrite=args.overwrite, **common)
+        files = sorted(p.name for p in folder.iterdir() if not p.name.startswith('.'))
+        print(f'wrote {folder} ({", ".join(files)}); nothing uploaded')
         return 0
     url = push_checkpoint(args.checkpoint, args.repo_id, revision=args.revision, private=args.private,
                           token=args.token, **common)

@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     'depth_experiment.png (loss vs iteration), losses.csv and summary.md to --out.')
     p.add_argument('experiment', choices=['depth'], help='the experiment to run')
     p.add_argument('--out', default='output/depth_experiment', help='output folder (default: %(default)s)')
-    p.add_argument('--overwrite', action='store_true', help='replace --out if it exists')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace --out if an earlier run wrote it (never a folder timm-prelu did not write)')
     p.add_argument('--steps', type=int, default=defaults.steps, help='SGD iterations per run (default: %(default)s)')
     p.add_argument('--seed', type=int, default=0, help='seed of the weights, the data split and the batches')
     p.add_argument('--depths', type=int, nargs='+', default=[22, 30], help='depths (conv + fc layers) to train')
@@ -31,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from ..init.depth import DepthConfig, format_summary, run_depth_experiment, write_depth_experiment
     from ..errors import UserError
+    from ._args import check_output
+    check_output(args.out, '--out', overwrite=args.overwrite)
     if args.threads < 1:
         raise UserError(f'--threads must be at least 1, got {args.threads}')
     if any(d < 6 for d in args.depths):
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        with finished_output_dir(args.out, overwrite=args.overwrite) as work:  # refuses a bad --out before training
+        with finished_output_dir(args.out, overwrite=args.overwrite, kind='reproduce-depth') as work:
             runs = run_depth_experiment(args.depths, ('he', 'xavier'), config, seed=args.seed)
             names = {key: path.name for key, path in write_depth_experiment(runs, work, config, args.seed).items()}
     finally:

@@ -1,7 +1,7 @@
 """`timm-prelu slopes CHECKPOINT_OR_MODEL`: learned PReLU slopes per layer, by depth (the paper's Table 1)."""
 import argparse
 
-from ._args import parse_model_kwargs
+from ._args import check_output, parse_model_kwargs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,11 +19,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--ema', action='store_true', help="read the checkpoint's EMA weights (train.py --model-ema)")
     p.add_argument('--pretrained', action='store_true', help='for a model name: download its pretrained weights')
     p.add_argument('--plot', metavar='PNG', default=None, help='also plot the slopes by depth to this PNG')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace the --plot file if timm-prelu wrote it (never a file it did not write)')
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
     from ..init.slopes import format_slopes, load_slopes, plot_slopes
+    if args.plot:
+        check_output(args.plot, '--plot', kind='file', overwrite=args.overwrite,
+                     inputs=[args.source if Path(args.source).exists() else None])
     rows = load_slopes(args.source, model_name=args.model, model_kwargs=parse_model_kwargs(args.model_kwargs) or None,
                        use_ema=args.ema, pretrained=args.pretrained)
     print(format_slopes(rows))

@@ -6,6 +6,7 @@ loaded back through ``timm.create_model(pretrained=True)`` -> ONNX export, parit
 multi-view evaluation with ONNX Runtime -> ``report.md`` with the paper's Table 4 layout, slopes and plots.
 """
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -18,7 +19,7 @@ import numpy as np
 from ..errors import UserError
 from ..inference.evaluation import MULTI_SCALE
 from ..inference.tables import twin_table4_markdown
-from ..outputs import finished_output_dir, save_figure
+from ..outputs import check_destination, finished_output_dir, save_figure
 from .stage_timer import StageTimer
 
 __all__ = ['DemoConfig', 'run_demo', 'ACTS']
@@ -83,13 +84,18 @@ def _run_train(cfg: DemoConfig, data: Path, out: Path, act: str) -> Path:
     from ..progress import progress
     from ..training.launcher import build_train_command
     command = build_train_command(_train_args(cfg, data, out, act), recipe=MODEL, script=cfg.timm_script)
+    # train.py runs in the demo folder with paths relative to it, so what it records (args.yaml, the args in its
+    # checkpoints, the log's command line) stays true once the work folder becomes the finished output
+    root = out.parent
+    relative = {str(data): os.path.relpath(data, root), str(out): os.path.relpath(out, root)}
+    command = [relative.get(arg, arg) for arg in command]
     log_path = out / f'{act}.log'
     log_path.parent.mkdir(parents=True, exist_ok=True)
     epoch_line = re.compile(r'^Test: \[\s*(\d+)/(\d+)\]')  # the last validation line of each epoch
     with open(log_path, 'w') as log, progress(total=cfg.epochs, desc=f'train {act}', unit='epoch') as bar:
         log.write(shlex.join(command) + '\n')
         # interrupted or terminated: the whole torchrun group stops before the unfinished folder is removed
-        with child_process(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        with child_process(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
             for line in proc.stdout:
                 log.write(line)
                 m = epoch_line.match(line)
@@ -259,10 +265,10 @@ def run_demo(cfg: DemoConfig) -> Path:
     from ..inference.predictor import MultiScalePredictor, OnnxBackend
     from ..onnx_model.export import export_onnx
     from ..training.launcher import find_train_script
-    find_train_script(cfg.timm_script)  # fail before doing any work
+    final = check_destination(cfg.out, overwrite=cfg.overwrite)  # fail before doing any work
+    find_train_script(cfg.timm_script)
     timer = StageTimer()
-    final = Path(cfg.out).resolve()
-    with finished_output_dir(final, overwrite=cfg.overwrite) as out:
+    with finished_output_dir(final, overwrite=cfg.overwrite, kind='demo') as out:
         with timer.stage('1/6 data: scikit-learn digits -> train/val ImageFolders'):
             data = out / 'data'
             split = make_digits_imagefolder(data, size=cfg.img_size, per_class=cfg.per_class, seed=cfg.seed)

@@ -13,7 +13,6 @@ import csv
 import hashlib
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -71,46 +70,20 @@ def build_hub_folder(
         license: str = 'apache-2.0',
         onnx: bool = False,
         onnx_exporter: Optional[Callable[[nn.Module, Path], Any]] = None,
+        overwrite: bool = False,
 ) -> Path:
     """Write the repo folder for ``checkpoint`` to ``out_dir`` atomically (what ``push --dry-run OUT_DIR`` does).
 
-    The folder is assembled beside ``out_dir`` and renamed into place once complete; an existing ``out_dir`` is
-    replaced only if it is empty or a previous hub folder (has a ``config.json``).
+    The folder is assembled beside ``out_dir`` and renamed into place once complete. An existing ``out_dir`` is
+    refused, unless ``overwrite`` and it is a hub folder timm-prelu wrote (see :mod:`timm_prelu.outputs`).
     """
-    out_dir = Path(out_dir).resolve()
-    replaceable = out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / 'config.json').is_file())
-    if out_dir.exists() and not replaceable:
-        raise UserError(f'{out_dir} exists and is not a hub folder written by timm-prelu: choose another '
-                        f'--dry-run folder or remove it')
+    from ..outputs import check_destination, finished_output_dir
+    check_destination(out_dir, overwrite=overwrite, inputs=[checkpoint], param='out_dir')
     ckpt, model = _load_for_hub(checkpoint, repo_id, use_ema, model_name, model_kwargs, license)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_dir(out_dir) as work:
+    with finished_output_dir(out_dir, overwrite=overwrite, inputs=[checkpoint], kind='hub', param='out_dir') as work:
         write_hub_folder(model, ckpt, work, repo_id, label_names=label_names, dataset=dataset, license=license,
                          onnx=onnx, onnx_exporter=onnx_exporter)
-    return out_dir
-
-
-@contextlib.contextmanager
-def _atomic_dir(target: Path) -> Iterator[Path]:
-    """A temp folder beside ``target`` that replaces it only if the block succeeds."""
-    work = Path(tempfile.mkdtemp(prefix=f'.{target.name}.', suffix='.partial', dir=target.parent))
-    try:
-        yield work
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(work, 0o777 & ~umask)
-    for p in work.iterdir():
-        os.chmod(p, 0o666 & ~umask)
-    old = None
-    if target.exists():
-        old = target.with_name(f'.{target.name}.{os.getpid()}.old')
-        os.replace(target, old)
-    os.replace(work, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    return Path(out_dir).resolve()
 
 
 def _check_repo_id(repo_id: str) -> None:

@@ -25,7 +25,7 @@ from .folders import ImageFolderListing, walk_imagefolder
 from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, load_image
 from .predictor import MultiScalePredictor
 from .tables import MULTI_SCALE, EvalSetup, paper_table, tables_markdown
-from ..outputs import save_figure, write_atomic
+from ..outputs import check_destination, final_path, finished_output_dir, save_figure, write_atomic
 
 __all__ = ['EvalResult', 'evaluate_folder', 'list_imagefolder', 'error_table', 'table_from_predictions',
            'MULTI_SCALE']
@@ -171,6 +171,7 @@ def evaluate_folder(
         progress: bool = True,
         max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
         title: str = 'Multi-scale evaluation',
+        overwrite: bool = False,
 ) -> EvalResult:
     """Evaluate ``predictor`` on an ImageFolder; write the table and per-image predictions to ``out``.
 
@@ -178,14 +179,17 @@ def evaluate_folder(
         predictor: Its scales and views make the table's rows and columns.
         data: ImageFolder root (``<class>/<image>``). Classes map to the model's label names when it has them,
             else to folder order (timm's natural sort; an empty class folder keeps its index).
-        out: Output folder (created); None writes nothing.
+        out: Output folder, written complete or not at all (checked before any image is read); None writes nothing.
         limit: Evaluate only the first ``limit`` images (classes and file names in natural order); the folder
             walk stops there.
         progress: Show progress (a bar on a terminal, a few lines in a log).
         max_image_pixels: Skip images larger than this.
         title: Title of the PNG plot.
+        overwrite: Replace an earlier evaluation folder at ``out`` (never a folder timm-prelu did not write).
     """
     from ..progress import progress as progress_bar
+    if out is not None:
+        check_destination(out, overwrite=overwrite, inputs=[data])
     listing = walk_imagefolder(data, limit=limit)
     samples, class_to_idx = listing.samples, listing.class_to_idx
     notes = _walk_notes(listing)
@@ -224,30 +228,51 @@ def evaluate_folder(
     setup = EvalSetup.from_predictor(predictor, len(class_to_idx))
     result = EvalResult(rows, len(targets), skipped, notes, setup=setup, class_to_idx=class_map)
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        result.files = {name: out / name for name in
-                        ('table.md', 'table.csv', 'table.png', 'predictions.npz', 'predictions.csv', 'skipped.txt',
-                         'class_to_idx.json')}
-        protocol = (f'{predictor.describe()}; {len(targets)} images of {data}; errors in %; '
-                    f'scores = softmax probabilities averaged over views, then over scales')
-        write_atomic(out / 'table.md', f'{result.markdown()}\n{protocol}\n')
-        write_atomic(out / 'table.csv', _table_csv(rows))
-        _plot(rows, out / 'table.png', title)
+        result.files = _write_eval_folder(out, overwrite, result, predictor, data, title, paths, targets_arr,
+                                          topk_idx_arr, np.stack(topk_prob), class_to_idx, k)
+    return result
+
+
+def _write_eval_folder(out: Union[str, os.PathLike], overwrite: bool, result: EvalResult,
+                       predictor: MultiScalePredictor, data: Union[str, os.PathLike], title: str, paths: List[str],
+                       targets: np.ndarray, topk_idx: np.ndarray, topk_prob: np.ndarray, class_to_idx: Dict[str, int],
+                       k: int) -> Dict[str, Path]:
+    """Write the evaluation folder as a whole. Image paths are written relative to the ImageFolder root, whose
+    location the table's footer gives as it will be once every output being written is finished."""
+    rows, views, scales = result.rows, predictor.views, predictor.scales
+    root = Path(data)
+    rel_paths = [Path(os.path.relpath(p, root)).as_posix() for p in paths]
+    names = ('table.md', 'table.csv', 'table.png', 'predictions.npz', 'predictions.csv', 'skipped.txt',
+             'class_to_idx.json')
+    with finished_output_dir(out, overwrite=overwrite, inputs=[data], kind='eval') as work:
+        protocol = (f'{predictor.describe()}; {len(targets)} images of {final_path(root)}; errors in %; '
+                    f'scores = softmax probabilities averaged over views, then over scales; image paths in '
+                    f'predictions.csv / .npz are relative to that folder')
+        write_atomic(work / 'table.md', f'{result.markdown()}\n{protocol}\n')
+        write_atomic(work / 'table.csv', _table_csv(rows))
+        _plot(rows, work / 'table.png', title)
 
         def save_npz(tmp: Path) -> None:
             with open(tmp, 'wb') as f:
                 np.savez_compressed(
-                    f, paths=np.asarray(paths), targets=targets_arr, topk_idx=topk_idx_arr,
-                    topk_prob=np.stack(topk_prob), views=np.asarray(views), scales=np.asarray(scales),
+                    f, paths=np.asarray(rel_paths), targets=targets, topk_idx=topk_idx, topk_prob=topk_prob,
+                    views=np.asarray(views), scales=np.asarray(scales),
                     class_names=np.asarray(sorted(class_to_idx, key=class_to_idx.get)))
-        write_atomic(out / 'predictions.npz', save_npz)
+        write_atomic(work / 'predictions.npz', save_npz)
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator='\n')
         writer.writerow(['path', 'target'] + [f'{v}_{MULTI_SCALE}_top{k}' for v in views])
-        for path, t, idx in zip(paths, targets, topk_idx):
+        for path, t, idx in zip(rel_paths, targets.tolist(), topk_idx):
             writer.writerow([path, t] + [' '.join(map(str, idx[vi, -1])) for vi in range(len(views))])
-        write_atomic(out / 'predictions.csv', buf.getvalue())
-        write_atomic(out / 'skipped.txt', ''.join(f'{p}\t{why}\n' for p, why in skipped))
-        write_atomic(out / 'class_to_idx.json', json.dumps(class_map, indent=1) + '\n')
-    return result
+        write_atomic(work / 'predictions.csv', buf.getvalue())
+        write_atomic(work / 'skipped.txt', ''.join(f'{_display(p, root)}\t{why.replace(str(p), _display(p, root))}\n'
+                                                   for p, why in result.skipped))
+        write_atomic(work / 'class_to_idx.json', json.dumps(result.class_to_idx, indent=1) + '\n')
+    out = Path(os.path.abspath(out))
+    return {name: out / name for name in names}
+
+
+def _display(path: Union[str, os.PathLike], root: Path) -> str:
+    """A path under the ImageFolder root relative to it; anything else as it will be when finished."""
+    rel = os.path.relpath(path, root)
+    return Path(rel).as_posix() if not rel.startswith('..') else str(final_path(path))

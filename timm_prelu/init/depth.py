@@ -227,7 +227,7 @@ def write_depth_experiment(runs: Sequence[DepthRun], out_dir: Union[str, os.Path
                            seed: int) -> Dict[str, Path]:
     """Write depth_experiment.png, summary.md and losses.csv (one column per run) into the folder ``out_dir``.
 
-    The CLI passes a :func:`timm_prelu.output_dir.finished_output_dir` work folder, so the folder appears whole or
+    The CLI passes a :func:`timm_prelu.outputs.finished_output_dir` work folder, so the folder appears whole or
     not at all.
     """
     out = Path(out_dir)

@@ -143,8 +143,6 @@ def plot_probe(results: Mapping[str, List[LayerStats]], path: Union[str, os.Path
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     path = Path(path)
-    if not path.parent.is_dir():
-        raise UserError(f'folder {path.parent} does not exist: create it or pick another --depth-plot path')
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     for rule, stats in results.items():
         depth = [s.index for s in stats]

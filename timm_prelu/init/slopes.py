@@ -95,8 +95,6 @@ def plot_slopes(rows: List[LayerSlopes], path: Union[str, os.PathLike], title: s
     import matplotlib.pyplot as plt
     from ..outputs import save_figure
     path = Path(path)
-    if not path.parent.is_dir():
-        raise UserError(f'folder {path.parent} does not exist: create it or pick another --plot path')
     depth = [r.depth for r in rows]
     fig, ax = plt.subplots(figsize=(7, 3.8))
     ax.fill_between(depth, [r.min for r in rows], [r.max for r in rows], alpha=0.25, label='min - max over channels')

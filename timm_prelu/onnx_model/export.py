@@ -25,11 +25,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ..errors import UserError
+from ..errors import OutputError, UserError
 from ..inference.predictor import receptive_field
+from ..outputs import check_destination, final_data, finished_output_files
 from .runtime import METADATA_FORMAT, METADATA_KEY, PRETRAINED_CFG_KEY
 
-__all__ = ['export_onnx', 'resolve_model', 'OnnxExport', 'split_paths', 'CHECKPOINT_SUFFIXES']
+__all__ = ['export_onnx', 'resolve_model', 'OnnxExport', 'split_paths', 'check_export_destination',
+           'CHECKPOINT_SUFFIXES']
 
 CHECKPOINT_SUFFIXES = ('.safetensors', '.pth', '.pth.tar', '.pt', '.bin')
 
@@ -51,6 +53,18 @@ def split_paths(path: Union[str, os.PathLike]) -> Tuple[Path, Path]:
     path = Path(path)
     stem = path.name[:-len('.onnx')] if path.name.endswith('.onnx') else path.name
     return path.with_name(f'{stem}.backbone.onnx'), path.with_name(f'{stem}.head.onnx')
+
+
+def check_export_destination(path: Union[str, os.PathLike], split: bool = False, overwrite: bool = False,
+                             inputs: Sequence[Union[str, os.PathLike, None]] = ()) -> List[Path]:
+    """Check every file an export to ``path`` writes (see :func:`timm_prelu.outputs.check_destination`), before
+    any model is built; returns them (model graph first). An existing file is replaced only with ``overwrite`` and
+    only if it is an ONNX file timm-prelu exported."""
+    path = Path(path)
+    if not path.name.endswith('.onnx') or path.name == '.onnx':
+        raise OutputError(f'{path}: the output file must end in .onnx (e.g. model.onnx)', param='path')
+    targets = [path, *split_paths(path)] if split else [path]
+    return [check_destination(t, kind='file', overwrite=overwrite, inputs=inputs, param='path') for t in targets]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -380,6 +394,7 @@ def export_onnx(
         label_names: Optional[Sequence[str]] = None,
         input_size: Optional[int] = None,
         verify: bool = True,
+        overwrite: bool = False,
 ) -> OnnxExport:
     """Export a PReLU-net to ONNX with dynamic batch, height and width; atomically, checked, with metadata.
 
@@ -396,23 +411,25 @@ def export_onnx(
         label_names: Class names in class-index order, stored in the metadata.
         input_size: Training image size (sets pretrained_cfg input_size, hence the dense window = size / 16).
         verify: Run each written graph once in ONNX Runtime against PyTorch before keeping it.
+        overwrite: Replace existing files at the output paths if timm-prelu exported them (never other files).
 
     Returns:
         The paths written (``OnnxExport``).
     """
     import onnx
+    source_path = model_or_name if isinstance(model_or_name, (str, os.PathLike)) and os.path.exists(model_or_name) \
+        else None
+    check_export_destination(path, split=split, overwrite=overwrite, inputs=[source_path])
     model, source = resolve_model(model_or_name, model_name=model_name, model_kwargs=model_kwargs,
                                   num_classes=num_classes, pretrained=pretrained)
     for attr in ('forward_features', 'forward_head', 'num_features', 'num_classes'):
         if not hasattr(model, attr):
             raise UserError(f'{type(model).__name__} is not a PReLU-net (it lacks {attr}): export a prelu_model_*')
     path = Path(path)
-    if not path.name.endswith('.onnx'):
-        raise UserError(f'{path}: the output file must end in .onnx')
-    if not path.parent.is_dir():
-        raise UserError(f'{path.parent}: no such folder: create it first')
     name = getattr(model, 'pretrained_cfg', {}).get('architecture') or model_name or type(model).__name__
-    cfg = _pretrained_cfg(model, source, label_names, input_size)
+    # a source inside an output being written (a hub folder in the demo's) is recorded where it will be when finished
+    cfg = final_data(_pretrained_cfg(model, source, label_names, input_size))
+    source = final_data(source)
 
     was_training = model.training
     model.eval()
@@ -429,34 +446,29 @@ def export_onnx(
     backbone_path, head_path = split_paths(path)
     targets = {'model': path, **({'backbone': backbone_path, 'head': head_path} if split else {})}
     split_names = {'backbone': backbone_path.name, 'head': head_path.name} if split else None
-    temps: List[Tuple[Path, Path]] = []
     try:
-        protos = {}
-        for graph in ('backbone', 'head') if split else ('model',):
-            wrapper, arg_name, out_name = _GRAPHS[graph]
-            protos[graph] = _export_graph(wrapper(export_model, half=fp16), examples[arg_name], arg_name, out_name,
-                                          1 if graph == 'head' else min_size, opset)
-        if split:
-            protos['model'] = _compose(protos['backbone'], protos['head'])
-        for graph, final in targets.items():
-            proto = protos.pop(graph)  # released once saved: full-size graphs are about 1 GB each
-            arg_name = _GRAPHS[graph][1]
-            used_opset = next(o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx'))
-            info = _metadata(model, name, source, graph, export_id, fp16, used_opset,
-                             split_names if graph == 'model' else None, weights_sha256)
-            onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(info), PRETRAINED_CFG_KEY: json.dumps(cfg)})
-            proto.doc_string = f'{name} ({graph}) exported by timm-prelu; PReLU-nets, He et al. ICCV 2015'
-            tmp = final.with_name(f'.{final.name}.{export_id[:8]}.tmp')
-            temps.append((tmp, final))
-            onnx.save(proto, str(tmp))
-            del proto
-            onnx.checker.check_model(str(tmp), full_check=True)
-            if verify:
-                _verify(tmp, model, graph, fp16, examples[arg_name])
-        for tmp, final in temps:
-            os.replace(tmp, final)
+        with finished_output_files(list(targets.values()), overwrite, inputs=[source_path], param='path') as temps:
+            protos = {}
+            for graph in ('backbone', 'head') if split else ('model',):
+                wrapper, arg_name, out_name = _GRAPHS[graph]
+                protos[graph] = _export_graph(wrapper(export_model, half=fp16), examples[arg_name], arg_name,
+                                              out_name, 1 if graph == 'head' else min_size, opset)
+            if split:
+                protos['model'] = _compose(protos['backbone'], protos['head'])
+            for graph, tmp in zip(targets, temps):
+                proto = protos.pop(graph)  # released once saved: full-size graphs are about 1 GB each
+                arg_name = _GRAPHS[graph][1]
+                used_opset = next(o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx'))
+                info = _metadata(model, name, source, graph, export_id, fp16, used_opset,
+                                 split_names if graph == 'model' else None, weights_sha256)
+                onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(info),
+                                                    PRETRAINED_CFG_KEY: json.dumps(cfg)})
+                proto.doc_string = f'{name} ({graph}) exported by timm-prelu; PReLU-nets, He et al. ICCV 2015'
+                onnx.save(proto, str(tmp))
+                del proto
+                onnx.checker.check_model(str(tmp), full_check=True)
+                if verify:
+                    _verify(tmp, model, graph, fp16, examples[arg_name])
     finally:
-        for tmp, _ in temps:
-            tmp.unlink(missing_ok=True)
         model.train(was_training)
     return OnnxExport(path, backbone_path if split else None, head_path if split else None)
