@@ -12,8 +12,10 @@ STEPS = 150  # He's smoothed loss is halved after 105-195 iterations (seeds 0-5)
 pytestmark = pytest.mark.usefixtures('one_torch_thread')  # tiny convs: more threads only add contention
 
 
-def test_30_layers_he_learns_xavier_stalls():
-    config = DepthConfig(steps=STEPS)
+@pytest.mark.parametrize('init_mode', ['fan_in', 'fan_out'])
+def test_30_layers_he_learns_xavier_stalls(init_mode):
+    """Either case of He init (forward, n = k^2 c, or backward, n = k^2 d) trains the 30-layer net."""
+    config = DepthConfig(steps=STEPS, init_mode=init_mode)
     data = digits_tensors(config.img_size, seed=0)
     he = train_plain_net(30, 'he', data, config, seed=0)
     xavier = train_plain_net(30, 'xavier', data, config, seed=0)
@@ -25,6 +27,27 @@ def test_30_layers_he_learns_xavier_stalls():
     assert xavier.val_accuracy < 0.2
 
 
+def test_init_mode_sets_n_of_both_rules(monkeypatch):
+    from timm_prelu.init import depth
+    calls = []
+    real = depth.init_weights_
+
+    def spy(model, rule, **kwargs):
+        report = real(model, rule, **kwargs)
+        calls.append(report)
+        return report
+    monkeypatch.setattr(depth, 'init_weights_', spy)
+    data = digits_tensors(16, seed=0)
+    for rule in ('he', 'xavier'):
+        train_plain_net(8, rule, data, DepthConfig(steps=1, init_mode='fan_out'), seed=0)
+    he, xavier = calls
+    first = he.layers[0]  # 1 -> 16 channels, 3x3: n = k^2 d = 144 (k^2 c would be 9)
+    assert (he.variant, first.fan, first.std) == ('fan_out', 144, pytest.approx(math.sqrt(2 / 144)))
+    assert xavier.variant.startswith('fan_out') and xavier.layers[0].std == pytest.approx(math.sqrt(1 / 144))
+    with pytest.raises(ValueError, match="unknown init_mode 'fan'"):
+        train_plain_net(8, 'he', data, DepthConfig(steps=1, init_mode='fan'), seed=0)
+
+
 def test_run_verdicts():
     flat = DepthRun(30, 'xavier', [math.log(10)] * 300)
     falling = DepthRun(30, 'he', [math.log(10) * (1 - i / 400) for i in range(300)])
@@ -34,8 +57,10 @@ def test_run_verdicts():
 
 def test_reproduce_cli(tmp_path, capsys):
     out = tmp_path / 'depth'
-    assert main(['reproduce', 'depth', '--out', str(out), '--steps', '60', '--depths', '8', '--seed', '1']) == 0
+    assert main(['reproduce', 'depth', '--out', str(out), '--steps', '60', '--depths', '8', '--seed', '1',
+                 '--mode', 'fan_out']) == 0
     printed = capsys.readouterr().out
+    assert 'n = fan_out' in printed
     assert '| 8-layer, he |' in printed and '| 8-layer, xavier |' in printed
     assert sorted(p.name for p in out.iterdir()) == ['.timm-prelu-output.json', 'depth_experiment.png', 'losses.csv',
                                                      'summary.md']

@@ -23,7 +23,7 @@ from timm_prelu.errors import UserError
 from timm_prelu.hub.publish import download_model, load_pretrained, push_checkpoint, recorded_metrics
 
 WRITE_TOKEN, READ_TOKEN = 'hf_write_token', 'hf_read_token'
-REPO = 'timm-prelu/prelu_model_a.in1k'  # the registry tag's hf_hub_id
+REPO = 'timm-prelu/prelu_model_a.in1k'  # where the registry tag's weights go once published
 
 
 @pytest.fixture(scope='module')
@@ -135,7 +135,9 @@ def test_push_then_every_loading_path_gives_the_same_weights(pushed, hub_server,
     assert len(hub_server.state.repos[pushed].commits) == 2  # the repo's first commit + ONE upload commit
 
     assert_same_model(timm.create_model(f'hf-hub:{pushed}', pretrained=True), reference)
-    kwargs = dict(trained_run['model_kwargs'], pretrained_cfg_overlay=dict(num_classes=trained_run['num_classes']))
+    # the architecture with the repo as its weights (the registry tag itself has no hf_hub_id until published)
+    kwargs = dict(trained_run['model_kwargs'],
+                  pretrained_cfg_overlay=dict(hf_hub_id=pushed, num_classes=trained_run['num_classes']))
     assert_same_model(timm.create_model(trained_run['model'], pretrained=True, **kwargs), reference)
     assert_same_model(load_pretrained(f'hf-hub:{pushed}'), reference)
 
@@ -243,7 +245,8 @@ def test_unknown_repo_revision_and_missing_weights(hub_server, pushed):
 
 def test_registry_path_with_the_wrong_classes_names_the_fix(hub_server, pushed, trained_run, tmp_path):
     with pytest.raises(UserError, match=r'10 classes.*num_classes=10'):
-        load_pretrained(trained_run['model'], **trained_run['model_kwargs'])  # 1000 classes, the repo has 10
+        load_pretrained(trained_run['model'], **trained_run['model_kwargs'],  # 1000 classes, the repo has 10
+                        pretrained_cfg_overlay=dict(hf_hub_id=pushed))
     local = tmp_path / 'model.safetensors'
     local.write_bytes(b'\x10' * 64)
     with pytest.raises(UserError, match='not a valid safetensors file'):

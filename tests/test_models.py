@@ -5,6 +5,7 @@ that runs numbers uses the same structure at a fraction of the width.
 """
 import copy
 import math
+import os
 
 import pytest
 import safetensors.torch
@@ -16,7 +17,9 @@ import timm_prelu  # noqa: F401  (registers the models)
 from timm_prelu.cli import main
 from timm_prelu.models.complexity import PAPER_MACS, count_macs, count_params
 from timm_prelu.errors import UserError
+from timm_prelu.errors import ModelSourceError
 from timm_prelu.models import HUB_ORG, PReLUNet, PretrainedMismatchError
+from timm_prelu.models.prelu_net import PUBLISHED_TAGS
 
 MODEL_NAMES = ['prelu_model_a', 'prelu_model_b', 'prelu_model_c']
 TABLE3 = {  # convs per stage, stage widths, depth (conv + fc)
@@ -55,13 +58,15 @@ def feature_side(side: int, num_stages: int = 3) -> int:
 
 def test_registry():
     assert timm.list_models('prelu_*') == MODEL_NAMES
-    assert timm.list_pretrained('prelu_*') == [f'{n}.in1k' for n in MODEL_NAMES]
+    # list_pretrained lists tags with weights; none are published, so none is listed (the tags still exist)
+    assert timm.list_pretrained('prelu_*') == [f'{n}.in1k' for n in MODEL_NAMES if f'{n}.in1k' in PUBLISHED_TAGS]
+    assert timm.list_models('prelu_*', include_tags=True) == [f'{n}.in1k' for n in MODEL_NAMES]
 
 
 @pytest.mark.parametrize('model_name', MODEL_NAMES)
 def test_pretrained_cfg(model_name):
     cfg = full_size_meta(model_name).pretrained_cfg
-    assert cfg['hf_hub_id'] == f'{HUB_ORG}/{model_name}.in1k'
+    assert cfg.get('hf_hub_id') is None and not cfg.get('url') and not cfg.get('file')  # nothing published yet
     assert cfg['input_size'] == (3, 224, 224) and cfg['pool_size'] == (14, 14)
     assert cfg['crop_pct'] == 0.875 and cfg['interpolation'] == 'bilinear'
     assert cfg['num_classes'] == 1000 and cfg['first_conv'] == 'stem.conv' and cfg['classifier'] == 'head'
@@ -181,19 +186,69 @@ def test_in_chans_num_classes_drop_rate():
 
 # --- He init ---
 
+def assert_drawn_from(layer, expected):
+    w = layer.weight.detach().double()
+    samples = w.numel()
+    # the sample std of N Gaussians has a standard error of about std / sqrt(2 N); allow 5 of them
+    assert abs(w.std().item() - expected) < 5 * expected / math.sqrt(2 * samples), (layer, w.std(), expected)
+    assert abs(w.mean().item()) < 5 * expected / math.sqrt(samples)
+    assert torch.count_nonzero(layer.bias) == 0
+
+
+@pytest.mark.parametrize('init_mode', ['fan_out', 'fan_in'])
 @pytest.mark.parametrize('act,slope', [('prelu', PRELU_INIT), ('prelu_shared', PRELU_INIT), ('relu', 0.0)])
-def test_he_init_statistics(act, slope):
+def test_he_init_statistics(act, slope, init_mode):
+    """Convs: std sqrt(2 / ((1 + a^2) n)), n = k^2 d (backward case) or k^2 c (forward); fc: forward case."""
     torch.manual_seed(0)
-    model = timm.create_model('prelu_model_a', act=act, width_mult=0.25, fc_dim=256, num_classes=10)
-    for layer in convs(model) + linears(model):
-        w = layer.weight.detach().double()
-        n = w[0].numel()  # k^2 c
-        expected = math.sqrt(2 / ((1 + slope ** 2) * n))
-        samples = w.numel()
-        # the sample std of N Gaussians has a standard error of about std / sqrt(2 N); allow 5 of them
-        assert abs(w.std().item() - expected) < 5 * expected / math.sqrt(2 * samples), (layer, w.std(), expected)
-        assert abs(w.mean().item()) < 5 * expected / math.sqrt(samples)
-        assert torch.count_nonzero(layer.bias) == 0
+    model = timm.create_model('prelu_model_a', act=act, width_mult=0.25, fc_dim=256, num_classes=10,
+                              init_mode=init_mode)
+    for conv in convs(model):
+        k2 = conv.kernel_size[0] * conv.kernel_size[1]
+        n = k2 * (conv.out_channels if init_mode == 'fan_out' else conv.in_channels)
+        assert_drawn_from(conv, math.sqrt(2 / ((1 + slope ** 2) * n)))
+    for fc in linears(model):
+        assert_drawn_from(fc, math.sqrt(2 / ((1 + slope ** 2) * fc.in_features)))
+
+
+def test_default_init_is_the_papers_backward_case():
+    model = narrow()
+    assert model.init_mode == 'fan_out' and model.fc_init == 'he'
+    torch.manual_seed(0)
+    stem = model.stem.conv  # fan-in 3 * 49 = 147, fan-out 12 * 49 = 588: the cases differ by a factor 2
+    assert_drawn_from(stem, math.sqrt(2 / ((1 + PRELU_INIT ** 2) * 49 * stem.out_channels)))
+
+
+def test_paper_fc_init():
+    """fc_init='paper': fc1 and fc2 std 0.01, the classifier 0.001 (also when a new classifier is made)."""
+    torch.manual_seed(0)
+    model = timm.create_model('prelu_model_a', width_mult=0.125, fc_dim=256, num_classes=100, fc_init='paper')
+    for layer, std in ((model.fc1, 0.01), (model.fc2, 0.01), (model.head, 0.001)):
+        assert_drawn_from(layer, std)
+    model.reset_classifier(50)
+    assert_drawn_from(model.head, 0.001)
+    model.init_weights()
+    assert_drawn_from(model.fc1, 0.01)
+
+
+@pytest.mark.parametrize('kwarg', ['init_mode', 'fc_init', 'spp_bins'])
+def test_unknown_init_and_binning_rules_are_rejected(kwarg):
+    with pytest.raises(ValueError, match=f'unknown {kwarg}'):
+        narrow(**{kwarg: 'fan_sideways'})
+
+
+@pytest.mark.parametrize('spp_bins', ['sppnet', 'adaptive'])
+def test_spp_bins_kwarg_selects_the_rule(spp_bins):
+    torch.manual_seed(0)
+    model = narrow(spp_bins=spp_bins, num_classes=10).eval()
+    assert model.pool.bins == spp_bins
+    features = torch.randn(2, model.num_features, 14, 14)
+    with torch.no_grad():
+        pooled = model.pool(features)
+    level3 = pooled[:, model.num_features * 49:model.num_features * 58].reshape(2, -1, 3, 3)
+    # the 3-level's last bin: rows 8-12 (SPP-net) or 9-13 (adaptive)
+    rows = slice(8, 13) if spp_bins == 'sppnet' else slice(9, 14)
+    assert torch.equal(level3[..., 2, 2], features[:, :, rows, rows].amax(dim=(-1, -2)))
+    assert narrow().pool.bins == 'sppnet'  # the paper's rule by default
 
 
 def test_init_weights_reinitialises_after_to_empty():
@@ -417,6 +472,69 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(checkpoint_file, so
         load(path, num_classes=10, **target)
     assert isinstance(error.value, ValueError) and isinstance(error.value, UserError)
     assert 'Create the model the checkpoint was trained as' in str(error.value)
+
+
+def test_pretrained_file_under_the_tag_name_loads(checkpoint_file):
+    source, path = checkpoint_file(num_classes=1000)
+    loaded = load(path, name='prelu_model_a.in1k')
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+# --- pretrained tags without published weights ---
+
+@pytest.mark.parametrize('name', MODEL_NAMES + ['prelu_model_b.in1k'])
+def test_pretrained_without_published_weights_fails_at_once(name):
+    with pytest.raises(ModelSourceError, match=r'no weights are published') as error:
+        timm.create_model(name, pretrained=True, device='meta')
+    message = str(error.value)
+    for how in ('pretrained_cfg_overlay=dict(file=', 'local-dir:', 'hf-hub:'):
+        assert how in message, how
+    assert error.value.param == 'pretrained'
+    with pytest.raises(ModelSourceError, match='no weights are published'):
+        timm.create_model(name, pretrained=True, features_only=True, device='meta')
+
+
+def test_pretrained_fails_without_touching_an_unreachable_network(tmp_path):
+    """Before: about 38 s of retries offline, then a generic connection error. HF_HUB_OFFLINE is unset and the
+    Hub endpoint is a closed local port, so any download attempt would retry."""
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]  # closed once the block ends
+    script = (
+        'import time, timm, timm_prelu\n'
+        'start = time.perf_counter()\n'
+        'try:\n'
+        '    timm.create_model("prelu_model_c", pretrained=True, device="meta")\n'
+        'except timm_prelu.errors.ModelSourceError as e:\n'
+        '    print(round(time.perf_counter() - start, 3), e)\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith('HF_')}
+    env.update(HF_ENDPOINT=f'http://127.0.0.1:{port}', HF_HOME=str(tmp_path))
+    proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seconds, message = proc.stdout.split(' ', 1)
+    assert 'no weights are published for prelu_model_c.in1k' in message
+    assert float(seconds) < 1.0
+
+
+def test_a_tag_with_weights_passes_to_timms_loader(tmp_path, monkeypatch, checkpoint_file):
+    """Once published, a tag's config has an hf_hub_id and the same call goes to the Hub (offline here: the
+    Hub client's own error, not ours); a user's own hf_hub_id or file does the same."""
+    from timm_prelu.models import prelu_net
+    monkeypatch.setattr(prelu_net, 'PUBLISHED_TAGS', frozenset({'prelu_model_c.in1k'}))
+    cfg = prelu_net._tag_cfg('prelu_model_c.in1k')
+    assert cfg['hf_hub_id'] == f'{HUB_ORG}/prelu_model_c.in1k'
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', True)
+    for kwargs in (dict(pretrained_cfg=dict(cfg, architecture='prelu_model_c', tag='in1k')),
+                   dict(pretrained_cfg_overlay=dict(hf_hub_id='me/my-prelu'))):
+        with pytest.raises(OSError, match='cannot find the requested files in the local cache'):
+            timm.create_model('prelu_model_c', pretrained=True, device='meta', **kwargs)
+    source, path = checkpoint_file(num_classes=1000)
+    assert torch.equal(load(path).fc1.weight, source.fc1.weight)
 
 
 def test_checkpoint_classes_differing_from_an_unchanged_model_is_a_clear_error(checkpoint_file):

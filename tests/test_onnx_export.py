@@ -21,9 +21,9 @@ PROVIDER = 'auto'  # CUDA (IO binding) where onnxruntime-gpu and a GPU are prese
 FP16_REL_TOL = 5e-3  # fp16: max abs difference <= 5e-3 * max(1, max |logit|)
 
 
-def _model(name: str, seed: int) -> torch.nn.Module:
+def _model(name: str, seed: int, **kwargs) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return timm.create_model(name, **NARROW).eval()
+    return timm.create_model(name, **NARROW, **kwargs).eval()
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -45,11 +45,26 @@ def exported(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope='module')
+def exported_adaptive(tmp_path_factory):
+    """The same three models with spp_bins='adaptive' (the exports above use the default, 'sppnet')."""
+    root = tmp_path_factory.mktemp('onnx-adaptive')
+    out = {}
+    for i, name in enumerate(('prelu_model_a', 'prelu_model_b', 'prelu_model_c')):
+        model = _model(name, seed=i, spp_bins='adaptive')
+        result = export_onnx(model, root / f'{name}.onnx', label_names=LABELS)
+        out[name] = (model, result, OnnxModel(result.model, providers=PROVIDER, threads=1))
+    return out
+
+
 @pytest.mark.parametrize('batch', [1, 3])
 @pytest.mark.parametrize('size', SIZES, ids=lambda s: f'{s[0]}x{s[1]}')
 @pytest.mark.parametrize('name', ['prelu_model_a', 'prelu_model_b', 'prelu_model_c'])
-def test_onnxruntime_matches_pytorch(exported, name, size, batch):
+@pytest.mark.parametrize('spp_bins', ['sppnet', 'adaptive'])
+def test_onnxruntime_matches_pytorch(request, spp_bins, name, size, batch):
+    exported = request.getfixturevalue('exported' if spp_bins == 'sppnet' else 'exported_adaptive')
     model, _, session = exported[name]
+    assert model.pool.bins == spp_bins
     x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(size[0] * batch))
     with torch.no_grad():
         ref = model(x).numpy()

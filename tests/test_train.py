@@ -112,8 +112,8 @@ def test_launcher_runs_train_py_with_recipe_and_flags(digits_folder, tmp_path):
     args = yaml.safe_load((tmp_path / 'launched' / 'args.yaml').read_text())
     assert args['device_modules'] == ['timm_prelu']
     assert (args['opt'], args['momentum'], args['weight_decay']) == ('momentum', 0.9, 5e-4)
-    assert (args['sched'], args['decay_rate'], args['drop'], args['smoothing']) == ('plateau', 0.1, 0.5, 0.0)
-    assert args['min_lr'] == pytest.approx(1e-4 * 32 / 128)  # the lr floor scaled like the lr
+    assert (args['sched'], args['decay_rate'], args['drop'], args['smoothing']) == ('multistep', 0.1, 0.5, 0.0)
+    assert args['decay_milestones'] == [41, 61]
     assert (args['batch_size'], args['epochs'], args['img_size']) == (32, 1, 32)  # pass-through wins
     assert (tmp_path / 'launched' / 'last.pth.tar').is_file()
 
@@ -223,6 +223,28 @@ def test_recipes_are_bundled_and_in_train_dir():
 
 
 @pytest.mark.parametrize('name', RECIPES)
+def test_recipe_schedule_is_fixed_and_shared_by_the_relu_twin(name, train_script):
+    """timm's own scheduler, built from the recipe: 1e-2, 1e-3, 1e-4 from (0-based) epochs 0, 40, 60 of 80,
+    whatever the validation metric does, so a PReLU model and its ReLU twin (same recipe, act=relu) switch at the
+    same epochs."""
+    from timm.scheduler import create_scheduler
+    rates = {}
+    for act, metric in (('prelu', lambda e: 50.0 + e), ('relu', lambda e: 10.0)):  # improving vs plateaued
+        args = parse_train_args(['--config', str(find_recipe(name)), '--model-kwargs', f'act={act}'], train_script)
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.lr_base)
+        scheduler, epochs = create_scheduler(args, optimizer)
+        lrs = []
+        for epoch in range(epochs):
+            lrs.append(optimizer.param_groups[0]['lr'])
+            scheduler.step(epoch + 1, metric(epoch))
+        rates[act] = lrs
+    assert len(rates['prelu']) == 80
+    assert rates['prelu'] == rates['relu']
+    expected = [1e-2] * 40 + [1e-3] * 20 + [1e-4] * 20
+    assert rates['prelu'] == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize('name', RECIPES)
 def test_recipe_is_the_papers_training_in_train_py(name, train_script):
     recipe = load_recipe(name)
     args = parse_train_args(['--config', str(find_recipe(name))], train_script)
@@ -230,7 +252,8 @@ def test_recipe_is_the_papers_training_in_train_py(name, train_script):
     assert args.model == name
     assert (args.opt, args.momentum, args.weight_decay) == ('momentum', 0.9, 5e-4)
     assert (args.lr, args.lr_base, args.lr_base_size, args.lr_base_scale) == (None, 0.01, 128, 'linear')
-    assert (args.sched, args.decay_rate, args.min_lr, args.warmup_epochs, args.epochs) == ('plateau', 0.1, 1e-4, 0, 80)
+    assert (args.sched, args.decay_milestones, args.decay_rate, args.warmup_epochs, args.epochs) == \
+           ('multistep', [41, 61], 0.1, 0, 80)
     assert args.drop == 0.5
     assert (args.ratio, args.hflip) == ([1.0, 1.0], 0.5)
     assert args.scale == pytest.approx([0.75 * (224 / 512) ** 2, 0.75 * (224 / 256) ** 2], abs=1e-4)

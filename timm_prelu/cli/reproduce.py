@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--lr', type=float, default=defaults.lr, help='learning rate of every run (default: %(default)s)')
     p.add_argument('--width', type=int, default=defaults.width,
                    help='channels of the first stage; doubled at each of the 2 pools (default: %(default)s)')
+    p.add_argument('--mode', choices=('fan_in', 'fan_out'), default=defaults.init_mode,
+                   help="n of both init rules: k^2 c ('fan_in', He's forward case) or k^2 d ('fan_out', the "
+                        "backward case) (default: %(default)s)")
     p.add_argument('--threads', type=int, default=1,
                    help='torch threads; these convs are tiny, more threads mostly add overhead (default: 1)')
     p.set_defaults(func=run)
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if any(d < 6 for d in args.depths):
         raise UserError(f'--depths must be at least 6 (3 stages of convs and 3 fc layers), got {args.depths}')
     from ..outputs import finished_output_dir
-    config = DepthConfig(steps=args.steps, lr=args.lr, width=args.width)
+    config = DepthConfig(steps=args.steps, lr=args.lr, width=args.width, init_mode=args.mode)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from .rules import init_weights_
 from ..outputs import save_figure
 from .plain_net import PlainNet
@@ -38,8 +38,7 @@ from .plain_net import PlainNet
 __all__ = ['DepthConfig', 'DepthRun', 'digits_tensors', 'train_plain_net', 'run_depth_experiment',
            'format_summary', 'plot_depth_experiment', 'write_depth_experiment']
 
-# The init rules as the paper's figures compare them.
-INIT_KWARGS = {'he': {'mode': 'fan_in'}, 'xavier': {'mode': 'fan_in'}}
+INIT_MODES = ('fan_in', 'fan_out')
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over the 10 digits
 
 
@@ -54,6 +53,9 @@ class DepthConfig:
     img_size: int = 16
     width: int = 16
     fc_dim: int = 64
+    # n of both rules: 'fan_in' (k^2 c, He's forward case and Xavier as the paper compares it, n Var[w] = 1, measured
+    # above) or 'fan_out' (k^2 d, the backward case the paper trained its models with; Xavier then n = k^2 d too)
+    init_mode: str = 'fan_in'
 
 
 @dataclass
@@ -137,7 +139,9 @@ def train_plain_net(
     torch.manual_seed(seed)
     model = PlainNet(depth=depth, num_classes=10, in_chans=1, img_size=config.img_size, width=config.width,
                      fc_dim=config.fc_dim, act='relu')
-    init_weights_(model, rule, generator=torch.Generator().manual_seed(seed), **INIT_KWARGS[rule])
+    if config.init_mode not in INIT_MODES:
+        raise ConfigError(f'unknown init_mode {config.init_mode!r}: choose one of {INIT_MODES}', param='config')
+    init_weights_(model, rule, generator=torch.Generator().manual_seed(seed), mode=config.init_mode)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     batches = torch.Generator().manual_seed(seed)  # the same batches for every depth and rule
@@ -189,7 +193,7 @@ def format_summary(runs: Sequence[DepthRun], config: DepthConfig, seed: int) -> 
     """A few lines per run: initial and final loss, when the loss first fell by 10% and 50%, val accuracy."""
     lines = [f'Plain ReLU nets on scikit-learn digits ({config.img_size} px), SGD lr {config.lr} momentum '
              f'{config.momentum} wd {config.weight_decay}, batch {config.batch_size}, {config.steps} iterations, '
-             f'seed {seed}. Chance-level loss ln 10 = {CHANCE_LOSS:.3f}.', '',
+             f'n = {config.init_mode}, seed {seed}. Chance-level loss ln 10 = {CHANCE_LOSS:.3f}.', '',
              '| run | initial loss | final loss | -10% at it. | -50% at it. | val acc. | verdict |',
              '|---|---|---|---|---|---|---|']
     for r in runs:

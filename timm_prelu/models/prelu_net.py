@@ -7,25 +7,45 @@ Paper:
 Table 3 of the paper: a 7x7/2 stem, three stages of 3x3 convs each opened by a 2x2/2 max pool, spatial pyramid
 max pooling {7, 3, 2, 1} and fc 4096 -> 4096 -> classes with dropout. Every conv and the first two fc layers are
 followed by a PReLU (learned per channel, initialised to 0.25); weights are He-initialised for that slope.
+
+Paper fidelity of the defaults (each a kwarg, see ``PReLUNet.__init__``):
+
+* ``spp_bins='sppnet'``: the rule the paper's models were trained and tested with (SPP-net's: window ceil(a/n),
+  stride floor(a/n)), so the defaults are the paper's network. It differs from adaptive pooling only where a level
+  does not divide the map: at 224 px, the 3-level of the 14 x 14 map (rows 0-4, 4-8, 8-12 against 0-4, 4-9, 9-13).
+  ``'adaptive'`` (adaptive_max_pool2d's bins, which also cover the rows SPP-net's rule leaves out) is for weights
+  trained with it: changing the rule of trained weights changes their outputs.
+* ``init_mode='fan_out'``: the paper trained with the backward case, Eqn. (14), n = k^2 d. ``'fan_in'`` is the
+  forward case, Eqn. (10), n = k^2 c; the paper shows both make every model converge.
+* ``fc_init='he'`` is a stated deviation: the paper drew fc1 and fc2 from std 0.01 and fc3 from std 0.001, constants
+  tuned for its unnormalised input (pixel values about +-128 around the mean). These models take normalised input
+  (timm's mean / std) and come in other widths (``width_mult``, ``fc_dim``), where fixed constants leave the fc
+  layers far from unit gain, so the fc layers get the forward case of He init (n = fan-in, which keeps the logits'
+  scale independent of the number of classes). ``fc_init='paper'`` gives the paper's constants.
 """
 from functools import partial
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import get_device_dtype, register_notrace_function
-from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import (
+    build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model, resolve_pretrained_cfg)
 from timm.models._features import feature_take_indices
 
-from ..errors import PretrainedMismatchError, UserError
-from ..layers import SpatialPyramidPool, create_rectifier, he_init_layer_, rectifier_slope
+from ..errors import ModelSourceError, PretrainedMismatchError, UserError
+from ..layers import SPP_BINS, SpatialPyramidPool, create_rectifier, he_init_layer_, rectifier_slope
 
-__all__ = ['PReLUNet', 'HUB_ORG', 'min_input_size', 'checkpoint_filter_fn', 'PretrainedMismatchError']
+__all__ = ['PReLUNet', 'HUB_ORG', 'PUBLISHED_TAGS', 'INIT_MODES', 'FC_INITS', 'min_input_size', 'checkpoint_filter_fn',
+           'PretrainedMismatchError']
 
-# Pretrained tags resolve to f'{HUB_ORG}/{model}.{tag}' on the Hugging Face Hub.
+# Published weights live at f'{HUB_ORG}/{model}.{tag}' on the Hugging Face Hub.
 HUB_ORG = 'timm-prelu'
+# The tags whose weights are published. Only these get an hf_hub_id, so only they appear in timm.list_pretrained
+# and load with pretrained=True alone; none are published yet.
+PUBLISHED_TAGS: FrozenSet[str] = frozenset()
 
 # The paper's Table 3: convs per stage and their widths.
 cfgs: Dict[str, Dict[str, Tuple[int, ...]]] = {
@@ -36,6 +56,9 @@ cfgs: Dict[str, Dict[str, Tuple[int, ...]]] = {
 STEM_WIDTH = 96
 ACTS = ('prelu', 'prelu_shared', 'relu')
 POOLS = ('spp', '')
+INIT_MODES = ('fan_out', 'fan_in')
+FC_INITS = ('he', 'paper')
+PAPER_FC_STD = {'fc1': 0.01, 'fc2': 0.01, 'head': 0.001}  # for the paper's unnormalised input
 HEAD_LAYERS = ('pool', 'fc1', 'act1', 'drop1', 'fc2', 'act2', 'drop2')
 
 
@@ -103,6 +126,9 @@ class PReLUNet(nn.Module):
             width_mult: float = 1.0,
             fc_dim: int = 4096,
             spp_levels: Sequence[int] = (7, 3, 2, 1),
+            spp_bins: str = 'sppnet',
+            init_mode: str = 'fan_out',
+            fc_init: str = 'he',
             drop_rate: float = 0.5,
             global_pool: str = 'spp',
             device=None,
@@ -118,6 +144,12 @@ class PReLUNet(nn.Module):
             width_mult: Multiplier of every conv width (stem included); 1.0 is the paper's network.
             fc_dim: Width of fc1 and fc2 (the paper's 4096).
             spp_levels: Pyramid levels of the spatial pyramid pooling.
+            spp_bins: 'sppnet' (the paper's rule: window ceil(a/n), stride floor(a/n)) or 'adaptive' (the bins of
+                adaptive_max_pool2d, covering every row); see :mod:`timm_prelu.layers.spp`.
+            init_mode: He init of the convs: 'fan_out' (the paper's, backward case, n = k^2 d) or 'fan_in'
+                (forward case, n = k^2 c).
+            fc_init: 'he' (forward case He init of fc1, fc2 and the classifier: a stated deviation for normalised
+                input) or 'paper' (std 0.01, 0.01, 0.001, as the paper for its unnormalised input).
             drop_rate: Dropout after fc1 and fc2.
             global_pool: 'spp' (the paper's head: SPP, fc1, fc2) or '' (no head: forward returns the last conv
                 map; needs num_classes=0).
@@ -127,12 +159,19 @@ class PReLUNet(nn.Module):
             raise ValueError(f'unknown act {act!r}: choose one of {ACTS}')
         if width_mult <= 0 or fc_dim <= 0:
             raise ValueError(f'width_mult and fc_dim must be positive, got {width_mult} and {fc_dim}')
+        for name, value, choices in (('spp_bins', spp_bins, SPP_BINS), ('init_mode', init_mode, INIT_MODES),
+                                     ('fc_init', fc_init, FC_INITS)):
+            if value not in choices:
+                raise ValueError(f'unknown {name} {value!r}: choose one of {choices}')
         dd = {'device': device, 'dtype': dtype}
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.act = act
         self.fc_dim = fc_dim
         self.spp_levels = tuple(int(n) for n in spp_levels)
+        self.spp_bins = spp_bins
+        self.init_mode = init_mode
+        self.fc_init = fc_init
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         self.min_input_size = min_input_size(len(depths))
@@ -162,17 +201,33 @@ class PReLUNet(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """He init (forward case) of every conv / fc, PReLU slopes back to their initial value, zero biases.
+        """He init of the convs (``init_mode``), the fc rule of ``fc_init``, slopes back to their start, zero biases.
 
-        The forward case takes ``a`` from the rectifier feeding a layer; all rectifiers of one net start at the
-        same slope and the paper uses the same rule for the first layer, so one ``a`` serves every layer.
+        The forward case takes ``a`` from the rectifier feeding a layer, the backward case from the one after it;
+        all rectifiers of one net start at the same slope and the paper keeps the 1/2 factor at the ends (first
+        layer, classifier), so one ``a`` serves every layer.
         """
         slope = _initial_slope(self.stem.act)
         for m in self.modules():
             if isinstance(m, nn.PReLU):
                 m.reset_parameters()
-            elif isinstance(m, (nn.Conv2d, nn.Linear)):
-                he_init_layer_(m, slope=slope)
+            elif isinstance(m, nn.Conv2d):
+                he_init_layer_(m, slope=slope, mode=self.init_mode)
+        for name in ('fc1', 'fc2', 'head'):
+            self._init_fc(name)
+
+    @torch.no_grad()
+    def _init_fc(self, name: str) -> None:
+        """fc1, fc2 or the classifier (if present) by ``fc_init``."""
+        layer = getattr(self, name)
+        if not isinstance(layer, nn.Linear):
+            return
+        if self.fc_init == 'paper':
+            layer.weight.normal_(0.0, PAPER_FC_STD[name])
+            if layer.bias is not None:
+                layer.bias.zero_()
+        else:
+            he_init_layer_(layer, slope=_initial_slope(self.stem.act), mode='fan_in')
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -222,23 +277,22 @@ class PReLUNet(nn.Module):
         self.num_classes = num_classes
         if num_classes > 0:
             self.head = _empty(nn.Linear, self.head_hidden_size, num_classes, **dd)
-            he_init_layer_(self.head, slope=_initial_slope(self.stem.act))
+            self._init_fc('head')
         else:
             self.head = nn.Identity()
         self.train(self.training)  # new modules follow the model's mode
 
     def _build_spp_head(self, device=None, dtype=None) -> None:
         """SPP -> fc1 -> rectifier -> dropout -> fc2 -> rectifier -> dropout, freshly initialised."""
-        slope = _initial_slope(self.stem.act)
-        self.pool = SpatialPyramidPool(self.spp_levels)
+        self.pool = SpatialPyramidPool(self.spp_levels, self.spp_bins)
         self.fc1 = _empty(nn.Linear, self.num_features * self.pool.num_bins, self.fc_dim, device=device, dtype=dtype)
         self.act1 = _rectifier(self.act, self.fc_dim, device=device, dtype=dtype)
         self.drop1 = nn.Dropout(self.drop_rate)
         self.fc2 = _empty(nn.Linear, self.fc_dim, self.fc_dim, device=device, dtype=dtype)
         self.act2 = _rectifier(self.act, self.fc_dim, device=device, dtype=dtype)
         self.drop2 = nn.Dropout(self.drop_rate)
-        for fc in (self.fc1, self.fc2):
-            he_init_layer_(fc, slope=slope)
+        self._init_fc('fc1')
+        self._init_fc('fc2')
         self.head_hidden_size = self.fc_dim
 
     def forward_intermediates(
@@ -382,7 +436,29 @@ def checkpoint_filter_fn(
     return state_dict
 
 
+def _check_weights_exist(variant: str, kwargs: Dict[str, Any]) -> None:
+    """Fail at once, before any download, when ``pretrained=True`` names no weights.
+
+    timm would warn and return a randomly initialised model for a tag without weights; a tag of this package has
+    weights once it is in PUBLISHED_TAGS (then it has an hf_hub_id), or when the caller names a source.
+    """
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                 pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    if cfg.has_weights or cfg.state_dict is not None:
+        return
+    tag = f'{variant}.{cfg.tag}' if cfg.tag else variant
+    raise ModelSourceError(
+        f'no weights are published for {tag} yet, so pretrained=True has nothing to load. Load your own: '
+        f"timm.create_model('{variant}', pretrained=True, pretrained_cfg_overlay=dict(file='model.safetensors')) "
+        f'(a safetensors or PyTorch state dict; add num_classes=N to the overlay if its classifier has N classes), '
+        f"timm.create_model('local-dir:/path/to/folder', pretrained=True) (a folder with config.json and "
+        f"model.safetensors), or timm.create_model('hf-hub:ORG/NAME', pretrained=True) (a Hub repository)",
+        param='pretrained')
+
+
 def _create_prelu_net(variant: str, pretrained: bool = False, **kwargs: Any) -> PReLUNet:
+    if pretrained:
+        _check_weights_exist(variant, kwargs)
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
     return build_model_with_cfg(
         PReLUNet,
@@ -409,11 +485,13 @@ def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
     }
 
 
+def _tag_cfg(name: str) -> Dict[str, Any]:
+    """The config of one tag; the Hub id only once its weights are published."""
+    return _cfg(hf_hub_id=f'{HUB_ORG}/{name}' if name in PUBLISHED_TAGS else None)
+
+
 default_cfgs = generate_default_cfgs({
-    'prelu_model_a.in1k': _cfg(hf_hub_id=f'{HUB_ORG}/prelu_model_a.in1k'),
-    'prelu_model_b.in1k': _cfg(hf_hub_id=f'{HUB_ORG}/prelu_model_b.in1k'),
-    'prelu_model_c.in1k': _cfg(hf_hub_id=f'{HUB_ORG}/prelu_model_c.in1k'),
-})
+    name: _tag_cfg(name) for name in ('prelu_model_a.in1k', 'prelu_model_b.in1k', 'prelu_model_c.in1k')})
 
 
 @register_model
