@@ -362,10 +362,12 @@ def test_overwrite_replaces_our_own_files_only(tmp_path):
 
 
 def _tiny_graph():
+    """A stand-in with the exported graph's signature: images (N, 3, H, W) -> logits (N, 3)."""
     import onnx.helper as oh
-    graph = oh.make_graph([oh.make_node('Relu', ['x'], ['y'])], 'g', [oh.make_tensor_value_info('x', 1, [1])],
-                          [oh.make_tensor_value_info('y', 1, [1])])
-    return oh.make_model(graph)
+    nodes = [oh.make_node('GlobalMaxPool', ['x'], ['p']), oh.make_node('Flatten', ['p'], ['y'])]
+    graph = oh.make_graph(nodes, 'g', [oh.make_tensor_value_info('x', 1, ['batch', 3, 'height', 'width'])],
+                          [oh.make_tensor_value_info('y', 1, ['batch', 3])])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid('', 18)])
 
 
 def test_export_onnx_cli_overwrites_its_own_export(tmp_path, capsys, monkeypatch):
