@@ -114,7 +114,7 @@ def _recorded_int(path: Path, args: Mapping[str, Any], key: str) -> Optional[int
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10_000_000:
-        raise CheckpointError(f'{path} records {key}={str(value)[:40]!r}, which is not a count: the recorded '
+        raise CheckpointError(f'{path} records {key}={repr(value)[:40]}, which is not a count: the recorded '
                               f'arguments are malformed; give the model name and model kwargs explicitly',
                               param='source')
     return value
