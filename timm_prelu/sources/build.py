@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError, ModelSourceError, PretrainedMismatchError
+from ..errors import CheckpointError, ConfigError, ModelSourceError, PretrainedMismatchError
 
 __all__ = ['check_model_name', 'check_model_kwargs', 'build_for_weights', 'check_state_dict_fits', 'format_kwargs']
 
@@ -117,7 +117,8 @@ def build_for_weights(
         with torch.device('meta'):
             meta = timm.create_model(name, pretrained=False, **kwargs, **extra)
     except Exception as e:  # model constructors raise anything (TypeError, ValueError, AssertionError, ...)
-        raise ConfigError(f'cannot build {name}({format_kwargs(kwargs)}): {_first_line(e)}', param=param) from e
+        error = CheckpointError if param == 'source' else ConfigError  # the weights' own record, or the caller's
+        raise error(f'cannot build {name}({format_kwargs(kwargs)}): {_first_line(e)}', param=param) from e
     try:
         check_state_dict_fits(meta, shapes, name, kwargs, source=source, param=param)
     except PretrainedMismatchError as e:
