@@ -55,7 +55,8 @@ def test_clear_errors(trained_run, tmp_path, capsys):
         (['no_such_model'], 'unknown model'),
         ([str(tmp_path)], 'a folder without config.json'),
         (['prelu_model_a', '--model-kwargs', 'act=relu', 'width_mult=0.125', 'fc_dim=16'], 'no PReLU layers'),
-        ([str(trained_run['dir'] / 'last.pth.tar'), '--ema'], '--use-ema: ' + str(trained_run['dir']) + '/last.pth.tar has no EMA weights'),
+        ([str(trained_run['dir'] / 'last.pth.tar'), '--ema'], '--use-ema: ' + str(trained_run['dir'] / 'last.pth.tar')
+         + ' has no EMA weights'),
     ]
     for argv, message in cases:
         assert main(['slopes', *argv]) == 2

@@ -5,7 +5,8 @@ from typing import Any, Dict, List, Optional
 
 from ..errors import ConfigError
 
-__all__ = ['parse_model_kwargs', 'add_model_source_args', 'resolve_from_args', 'PARAM_FLAGS', 'flag_for']
+__all__ = ['parse_model_kwargs', 'add_model_source_args', 'resolve_from_args', 'PARAM_FLAGS', 'flag_for',
+           'check_plot_path', 'describe_labels']
 
 # The flag a library error's ``param`` stands for on the command line.
 PARAM_FLAGS = {
@@ -60,6 +61,14 @@ def resolve_from_args(args: argparse.Namespace, source: Any, model_name: Optiona
         source, model_name=model_name, model_kwargs=parse_model_kwargs(getattr(args, 'model_kwargs', None)),
         num_classes=getattr(args, 'num_classes', None), labels=getattr(args, 'labels', None),
         pretrained=getattr(args, 'pretrained', False), use_ema=getattr(args, 'use_ema', False), **kwargs)
+
+
+def check_plot_path(path: Optional[str], flag: str) -> None:
+    """Refuse a plot destination whose folder is missing before any model is loaded."""
+    from pathlib import Path
+    from ..errors import OutputError
+    if path and not Path(path).parent.is_dir():
+        raise OutputError(f'{flag} {path}: folder {Path(path).parent} does not exist: create it or choose another path')
 
 
 def describe_labels(names: Optional[List[str]], shown: int = 5) -> str:

@@ -2,7 +2,7 @@
 layer after He and Xavier init (the paper's section 2.2), as a table and a log-scale plot."""
 import argparse
 
-from ._args import add_model_source_args, describe_labels, parse_model_kwargs, resolve_from_args
+from ._args import add_model_source_args, check_plot_path, describe_labels, parse_model_kwargs, resolve_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,18 +35,25 @@ def run(args: argparse.Namespace) -> int:
     import warnings
 
     import torch
-    from ..errors import ConfigError
+    from ..errors import ConfigError, ModelSourceError
     from ..init.plain_net import create_plain_net, is_plain_net_name
     from ..init.probe import format_probe_table, plot_probe, probe_rule
     if args.batch_size < 1:
         raise ConfigError(f'--batch-size must be at least 1, got {args.batch_size}')
+    check_plot_path(args.depth_plot, '--depth-plot')
     if is_plain_net_name(args.model):
         model_kwargs = parse_model_kwargs(args.model_kwargs)
         if args.img_size is not None:
             model_kwargs.setdefault('img_size', args.img_size)  # a plain net's fc1 is sized for its input
         model = create_plain_net(args.model, **model_kwargs)
     else:
-        resolved = resolve_from_args(args, args.model)
+        try:
+            resolved = resolve_from_args(args, args.model)
+        except ModelSourceError as e:
+            if str(e).startswith('unknown model'):
+                raise ModelSourceError(f'{e}; or plainN (e.g. plain30) for the plain N-layer ReLU net',
+                                       param=e.param) from e
+            raise
         model = resolved.model
         print(f'{resolved.model_name} from {resolved.provenance.kind}: {describe_labels(resolved.label_names)}')
     cfg = getattr(model, 'pretrained_cfg', None) or {}

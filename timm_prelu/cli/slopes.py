@@ -1,7 +1,7 @@
 """`timm-prelu slopes SOURCE`: learned PReLU slopes per layer, by depth (the paper's Table 1)."""
 import argparse
 
-from ._args import add_model_source_args, describe_labels, resolve_from_args
+from ._args import add_model_source_args, check_plot_path, describe_labels, resolve_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..init.slopes import format_slopes, load_slopes, plot_slopes
+    check_plot_path(args.plot, '--plot')
     resolved = resolve_from_args(args, args.source, model_name=args.model)
     rows = load_slopes(resolved.model)
     print(f'{resolved.model_name} from {resolved.provenance.kind}: {describe_labels(resolved.label_names)}')

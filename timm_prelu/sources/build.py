@@ -29,7 +29,8 @@ def _reserved_keys() -> frozenset:
     """Keyword arguments of timm's builders (pretrained files, checkpoint paths, devices), never model arguments."""
     import timm
     from timm.models import build_model_with_cfg
-    keys = set(inspect.signature(timm.create_model).parameters) | set(inspect.signature(build_model_with_cfg).parameters)
+    keys = set(inspect.signature(timm.create_model).parameters)
+    keys |= set(inspect.signature(build_model_with_cfg).parameters)
     keys |= {'features_only', 'out_indices', 'feature_cls', 'device', 'dtype', 'class_map', 'label_names',
              'hf_hub_id', 'url', 'file', 'state_dict'}
     return frozenset(keys - {'kwargs', 'model_name'})

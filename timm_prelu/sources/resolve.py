@@ -221,7 +221,8 @@ def _finish(model: nn.Module, cfg_update: Mapping[str, Any], labels: LabelSource
     cfg = {**(getattr(model, 'pretrained_cfg', None) or {}), **cfg_update}
     cfg['num_classes'] = num_classes
     names = _labels(labels, own, num_classes)
-    cfg.pop('label_descriptions', None) if labels is not None else None
+    if labels is not None:  # the caller's names replace descriptions of other classes
+        cfg.pop('label_descriptions', None)
     if names is not None:
         cfg['label_names'] = names
     elif cfg.get('label_names') is not None and len(cfg['label_names']) != num_classes:
@@ -309,7 +310,8 @@ def _from_hub_folder(folder: Path, *, source: str, kind: str, model_name: Option
     kwargs = {**recorded, **user}
     model = build_for_weights(name, kwargs, _safetensors_shapes(weights), source=str(weights),
                               param='model_kwargs' if user or model_name else 'source',
-                              recorded=(config['architecture'], recorded), pretrained_cfg_overlay=pretrained_cfg_overlay)
+                              recorded=(config['architecture'], recorded),
+                              pretrained_cfg_overlay=pretrained_cfg_overlay)
     try:
         state_dict = safetensors.torch.load_file(str(weights), device='cpu')
     except Exception as e:  # SafetensorError for data shorter than the header says
