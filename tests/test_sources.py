@@ -16,8 +16,8 @@ from PIL import Image
 import timm_prelu.sources.resolve as resolve_module
 from hub_server import HubServer, point_client_at
 from timm_prelu.cli import main as cli
-from timm_prelu.errors import (CheckpointError, ConfigError, DatasetError, HubFileNotFoundError, ModelSourceError,
-                               OnnxModelError, PretrainedMismatchError)
+from timm_prelu.errors import (CheckpointError, ConfigError, DatasetError, ModelSourceError, OnnxModelError,
+                               PretrainedMismatchError)
 from timm_prelu.sources import read_label_names, resolve_model
 
 TINY = {'width_mult': 0.125, 'fc_dim': 64}
@@ -155,22 +155,24 @@ def test_safetensors_file_hub_folder_and_local_dir(tmp_path):
         resolve_model(tmp_path)
 
 
-def test_onnx_file_only_where_allowed(tmp_path):
-    from timm_prelu.onnx_model.export import export_onnx
-    model = _tiny(seed=4)
-    path = tmp_path / 'tiny.onnx'
-    export_onnx(model, path, label_names=[f'c{i}' for i in range(10)], input_size=IMG)
+def test_onnx_file_only_where_allowed(tmp_path_factory, tmp_path):
+    from conftest import ONNX_LABELS, narrow_a_export
+    model, path = narrow_a_export(tmp_path_factory)  # exported once per session, shared with the ONNX tests
     with pytest.raises(ModelSourceError, match='is an ONNX graph'):
         resolve_model(path)
     resolved = resolve_model(path, allow_onnx=True, onnx_options={'providers': 'cpu'})
-    assert resolved.provenance.kind == 'onnx' and resolved.label_names == [f'c{i}' for i in range(10)]
+    assert resolved.provenance.kind == 'onnx' and resolved.label_names == ONNX_LABELS
+    assert resolved.provenance.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     x = _batch()
     assert np.allclose(resolved.model.run(x.numpy()), _logits(model, x).numpy(), atol=1e-4)
+    relabelled = resolve_model(path, allow_onnx=True, labels=[f'c{i}' for i in range(10)])
+    assert relabelled.label_names == relabelled.model.pretrained_cfg['label_names'] == [f'c{i}' for i in range(10)]
     with pytest.raises(ConfigError, match='carries its own configuration'):
         resolve_model(path, allow_onnx=True, model_kwargs={'fc_dim': 8})
-    path.with_name('bad.onnx').write_bytes(b'not a graph')
+    bad = tmp_path / 'bad.onnx'
+    bad.write_bytes(b'not a graph')
     with pytest.raises(OnnxModelError):
-        resolve_model(path.with_name('bad.onnx'), allow_onnx=True)
+        resolve_model(bad, allow_onnx=True)
 
 
 @pytest.fixture

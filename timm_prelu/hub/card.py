@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch.nn as nn
 
+from ..sources.build import format_kwargs
 from ..sources.checkpoints import TrainCheckpoint
 from ..sources.resolve import is_prelu_net
 
@@ -135,7 +136,7 @@ def model_card(
         + (f' trained with timm\'s `train.py`{f" on {dataset}" if dataset else ""}' if ckpt is not None else '')
         + f' and published with {_linked("timm-prelu", project_url())}.', '',
         '## Model Details', '',
-        f'- **Architecture:** `{arch}` with `{_fmt_kwargs(model_args)}`',
+        f'- **Architecture:** `{arch}` with `{format_kwargs(model_args)}`',
         f'- **Classes:** {num_classes}' + (f' ({", ".join(map(str, label_names[:10]))}'
                                             f'{", ..." if num_classes > 10 else ""})' if label_names else ''),
         f'- **Params (M):** {params / 1e6:.3f}',
@@ -209,10 +210,6 @@ def _recipe_value_matters(key: str, args: Dict[str, Any]) -> bool:
         return args.get('sched') in ('step', 'multistep', 'plateau')
     switch = {'model_ema_decay': 'model_ema', 'amp_dtype': 'amp', 'warmup_lr': 'warmup_epochs'}.get(key)
     return switch is None or bool(args.get(switch))
-
-
-def _fmt_kwargs(kwargs: Dict[str, Any]) -> str:
-    return ', '.join(f'{k}={v!r}' for k, v in kwargs.items())
 
 
 def _fmt_floats(values: Optional[Sequence[float]]) -> str:

@@ -11,13 +11,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import torch.nn as nn
 
 from ..errors import ConfigError, ModelSourceError, OnnxModelError
+from ..sources.hub import WEIGHTS_NAME
 from ..sources.resolve import ResolvedModel, parse_hub_source, resolve_model
 from .card import DATA_CONFIG_ARGS, model_card, recorded_metrics
 
 __all__ = ['WEIGHTS_NAME', 'ONNX_NAME', 'build_hub_folder', 'write_hub_folder', 'load_for_hub', 'folder_summary',
            'check_repo_id']
 
-WEIGHTS_NAME = 'model.safetensors'  # timm's HF_SAFE_WEIGHTS_NAME
 ONNX_NAME = 'model.onnx'
 LabelSource = Union[str, os.PathLike, Sequence[str], None]
 

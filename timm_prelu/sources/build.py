@@ -15,7 +15,8 @@ import torch.nn as nn
 
 from ..errors import CheckpointError, ConfigError, ModelSourceError, PretrainedMismatchError
 
-__all__ = ['check_model_name', 'check_model_kwargs', 'build_for_weights', 'check_state_dict_fits', 'format_kwargs']
+__all__ = ['check_model_name', 'check_model_kwargs', 'build_for_weights', 'check_state_dict_fits', 'format_kwargs',
+           'first_line']
 
 MAX_VALUE_ITEMS = 64
 MAX_STR_CHARS = 256
@@ -119,7 +120,7 @@ def build_for_weights(
             meta = timm.create_model(name, pretrained=False, **kwargs, **extra)
     except Exception as e:  # model constructors raise anything (TypeError, ValueError, AssertionError, ...)
         error = CheckpointError if param == 'source' else ConfigError  # the weights' own record, or the caller's
-        raise error(f'cannot build {name}({format_kwargs(kwargs)}): {_first_line(e)}', param=param) from e
+        raise error(f'cannot build {name}({format_kwargs(kwargs)}): {first_line(e)}', param=param) from e
     try:
         check_state_dict_fits(meta, shapes, name, kwargs, source=source, param=param)
     except PretrainedMismatchError as e:
@@ -133,9 +134,11 @@ def build_for_weights(
     return model.eval()
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """'Type: first sentence' of an exception: enough to tell what broke, without advice paragraphs."""
     text = [line for line in str(e).strip().splitlines() if line.strip()]
-    return f'{type(e).__name__}: {text[0][:300]}' if text else type(e).__name__
+    first = text[0].split('. ')[0].rstrip('.')[:200] if text else ''
+    return f'{type(e).__name__}: {first}' if first else type(e).__name__
 
 
 def check_state_dict_fits(

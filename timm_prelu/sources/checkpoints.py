@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError, ConfigError
+from .build import first_line
 
 __all__ = ['TrainCheckpoint', 'read_checkpoint', 'create_model_from_checkpoint', 'CHECKPOINT_SUFFIXES']
 
@@ -64,7 +65,7 @@ def _read_safetensors(path: Path, use_ema: bool) -> TrainCheckpoint:
     try:
         state_dict = safetensors.torch.load_file(str(path), device='cpu')
     except Exception as e:  # safetensors raises its own SafetensorError for bad headers / short files
-        raise CheckpointError(f'{path} is not a readable .safetensors file ({_first_line(e)}): it is corrupt or '
+        raise CheckpointError(f'{path} is not a readable .safetensors file ({first_line(e)}): it is corrupt or '
                               f'truncated; copy or export it again', param='source') from e
     return TrainCheckpoint(path=path, state_dict=state_dict)
 
@@ -83,17 +84,10 @@ def _read_torch(path: Path, use_ema: bool) -> TrainCheckpoint:
                 f'and argparse.Namespace (train.py args) are unpickled, because loading other objects can run '
                 f'arbitrary code. If you trust the file, re-save just its weights (torch.save({{"state_dict": '
                 f'model.state_dict()}}, path) or safetensors) and use that', param='source') from e
-        raise CheckpointError(unreadable.format(_first_line(e)), param='source') from e
+        raise CheckpointError(unreadable.format(first_line(e)), param='source') from e
     except Exception as e:  # the weights-only unpickler raises anything (KeyError, EOFError, ...) on garbage
-        raise CheckpointError(unreadable.format(_first_line(e)), param='source') from e
+        raise CheckpointError(unreadable.format(first_line(e)), param='source') from e
     return _from_train_dict(path, raw, use_ema)
-
-
-def _first_line(e: BaseException) -> str:
-    """The exception's first sentence: enough to tell what broke without torch's advice paragraphs."""
-    text = str(e).strip().splitlines()
-    first = text[0].split('. ')[0].rstrip('.')[:200] if text else ''
-    return f'{type(e).__name__}: {first}' if first else type(e).__name__
 
 
 def _state_dict(path: Path, value: Any, where: str) -> Dict[str, torch.Tensor]:

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Iterator, Optional, Tuple, Union
 
 from ..errors import HubError, HubFileNotFoundError, TimmPreluError
+from .build import first_line
 
-__all__ = ['HubSnapshot', 'fetch_hub_model', 'hub_errors', 'verify_safetensors', 'WEIGHTS_NAME', 'CONFIG_NAME']
+__all__ = ['HubSnapshot', 'fetch_hub_model', 'hub_errors', 'verify_safetensors', 'sha256_file', 'WEIGHTS_NAME',
+           'CONFIG_NAME']
 
 WEIGHTS_NAME = 'model.safetensors'  # timm's HF_SAFE_WEIGHTS_NAME
 CONFIG_NAME = 'config.json'
@@ -35,11 +37,6 @@ class HubSnapshot:
 def _endpoint() -> str:
     from huggingface_hub import constants
     return constants.ENDPOINT
-
-
-def _first_line(e: BaseException) -> str:
-    text = [line for line in str(e).strip().splitlines() if line.strip()]
-    return f'{type(e).__name__}: {text[0]}' if text else type(e).__name__
 
 
 def _http_error_type() -> type:
@@ -75,7 +72,7 @@ def _http_message(e, repo_id: str, action: str, has_token: bool) -> str:
     if status == 403:
         return (f'your token may not write to {repo_id.split("/")[0]} ({server or "403 Forbidden"}): use a token '
                 f'with write access to that namespace (`hf auth login`, or HF_TOKEN)')
-    return (f'{action} {repo_id} failed: {_first_line(e)}; {_nothing_changed(action)}: check the connection to '
+    return (f'{action} {repo_id} failed: {first_line(e)}; {_nothing_changed(action)}: check the connection to '
             f'{_endpoint()} (HF_ENDPOINT) and run again')
 
 
@@ -113,15 +110,17 @@ def hub_errors(repo_id: str, revision: Optional[str], action: str, filename: str
         raise HubError(_http_message(e, repo_id, action, get_token() is not None), param=param) from e
     except RuntimeError as e:
         if isinstance(e.__cause__, HfHubHTTPError):  # huggingface_hub wraps failed LFS uploads to the storage
-            raise HubError(f'{action} {where} failed: {e} ({_first_line(e.__cause__)}); '
+            raise HubError(f'{action} {where} failed: {e} ({first_line(e.__cause__)}); '
                            f'{_nothing_changed(action)}: run again', param=param) from e
         raise
     except (_http_error_type(), OSError) as e:
-        raise HubError(f'{action} {where} failed: {_first_line(e)}; {_nothing_changed(action)}: check the '
+        raise HubError(f'{action} {where} failed: {first_line(e)}; {_nothing_changed(action)}: check the '
                        f'connection to {_endpoint()} (HF_ENDPOINT) and run again', param=param) from e
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_file(path: Union[str, os.PathLike]) -> str:
+    """Hex sha256 of a file, read in 4 MB chunks."""
+    path = Path(path)
     h = hashlib.sha256()
     with path.open('rb') as f:
         for chunk in iter(lambda: f.read(1 << 22), b''):
@@ -141,7 +140,7 @@ def verify_safetensors(path: Union[str, os.PathLike]) -> Tuple[Optional[str], Op
     sha256 = None
     if re.fullmatch(r'[0-9a-f]{64}', name) or re.fullmatch(r'[0-9a-f]{40}', name):
         if len(name) == 64:
-            sha256 = _sha256_of(real)
+            sha256 = sha256_file(real)
             ok = sha256 == name
         else:
             git = hashlib.sha1(b'blob %d\0' % real.stat().st_size)
@@ -156,7 +155,7 @@ def verify_safetensors(path: Union[str, os.PathLike]) -> Tuple[Optional[str], Op
             f.keys()
     except Exception as e:  # SafetensorError for bad headers / files shorter than their header says
         return f'it is not a valid safetensors file ({e})', None
-    return None, sha256 or _sha256_of(real)
+    return None, sha256 or sha256_file(real)
 
 
 def _evict(path: Union[str, os.PathLike]) -> None:

@@ -14,7 +14,6 @@ plain model arguments, checked against the weights' tensor shapes on the meta de
 Nothing it names is read. Label names come from the source itself (a hub config, ONNX metadata) or from the
 caller's ``labels`` (a list, a text file or an ImageFolder).
 """
-import hashlib
 import json
 import os
 import re
@@ -26,9 +25,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError, ConfigError, HubFileNotFoundError, ModelSourceError
-from .build import build_for_weights, check_model_kwargs, check_model_name, format_kwargs
+from .build import build_for_weights, check_model_kwargs, check_model_name, first_line, format_kwargs
 from .checkpoints import CHECKPOINT_SUFFIXES, TrainCheckpoint, read_checkpoint
-from .hub import CONFIG_NAME, WEIGHTS_NAME, fetch_hub_model, verify_safetensors
+from .hub import CONFIG_NAME, WEIGHTS_NAME, fetch_hub_model, sha256_file, verify_safetensors
 from .labels import read_label_names
 
 __all__ = ['ResolvedModel', 'Provenance', 'resolve_model', 'model_from_checkpoint', 'read_hub_config',
@@ -88,14 +87,6 @@ def is_prelu_net(model: Any) -> bool:
     """Whether ``model`` is one of this package's PReLU-nets (not just any timm model)."""
     from ..models import PReLUNet
     return isinstance(model, PReLUNet)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 22), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --- recorded configuration (data only) ----------------------------------------------------------------------------
@@ -275,7 +266,7 @@ def model_from_checkpoint(
                               pretrained_cfg_overlay=pretrained_cfg_overlay)
     model.load_state_dict(checkpoint.state_dict, strict=True)
     data = _train_data_config(checkpoint.args, str(path))
-    provenance = Provenance(source=source or str(path), kind='checkpoint', file=str(path), sha256=_sha256(path),
+    provenance = Provenance(source=source or str(path), kind='checkpoint', file=str(path), sha256=sha256_file(path),
                             epoch=checkpoint.epoch, metric=checkpoint.metric, ema=checkpoint.ema)
     return _finish(model, _cfg_from_data_config(data), labels, None, provenance, name,
                    {**kwargs, 'num_classes': model.num_classes}, data, checkpoint)
@@ -345,7 +336,7 @@ def _from_onnx(path: Path, source: str, labels: LabelSource, onnx_options: Optio
     if names is not None:
         cfg['label_names'] = names
         model.pretrained_cfg = cfg
-    provenance = Provenance(source=source, kind='onnx', file=str(path), sha256=_sha256(path))
+    provenance = Provenance(source=source, kind='onnx', file=str(path), sha256=sha256_file(path))
     return ResolvedModel(model=model, label_names=names, pretrained_cfg=cfg, provenance=provenance,
                          model_name=model.info.get('model_name'),
                          model_kwargs=dict(model.info.get('model_kwargs') or {}))
@@ -361,8 +352,8 @@ def _from_registry(name: str, *, source: str, pretrained: bool, model_kwargs, nu
         try:
             model = timm.create_model(name, pretrained=False, **kwargs, **extra)
         except Exception as e:  # model constructors raise anything for bad arguments
-            raise ConfigError(f'cannot build {name}({format_kwargs(kwargs)}): {type(e).__name__}: '
-                              f'{str(e).splitlines()[0][:200] if str(e) else ""}', param='model_kwargs') from e
+            raise ConfigError(f'cannot build {name}({format_kwargs(kwargs)}): {first_line(e)}',
+                              param='model_kwargs') from e
         return _finish(model, {}, labels, None, Provenance(source=source, kind='random-init'), arch, kwargs)
     from timm.models import get_pretrained_cfg
     try:
@@ -385,8 +376,8 @@ def _from_registry(name: str, *, source: str, pretrained: bool, model_kwargs, nu
     try:  # timm's own download of a url-only tag (no Hub checksum to verify against)
         model = timm.create_model(name, pretrained=True, **kwargs)
     except Exception as e:
-        raise ModelSourceError(f'cannot load the pretrained weights of {name} ({type(e).__name__}: '
-                               f'{str(e).splitlines()[0][:200] if str(e) else ""})', param='source') from e
+        raise ModelSourceError(f'cannot load the pretrained weights of {name} ({first_line(e)})',
+                               param='source') from e
     return _finish(model, {}, labels, None, Provenance(source=source, kind='pretrained'), arch, kwargs)
 
 
@@ -428,7 +419,9 @@ def resolve_model(
     if isinstance(source, nn.Module):  # the caller's module: not put in eval mode or otherwise changed
         cfg = dict(getattr(source, 'pretrained_cfg', None) or {})
         names = _labels(labels, cfg.get('label_names'), int(getattr(source, 'num_classes', 0) or 0))
-        return ResolvedModel(model=source, label_names=names, pretrained_cfg={**cfg, 'label_names': names},
+        if names is not None:
+            cfg['label_names'] = names
+        return ResolvedModel(model=source, label_names=names, pretrained_cfg=cfg,
                              provenance=Provenance(source=type(source).__name__, kind='module'),
                              model_name=cfg.get('architecture'))
     if not isinstance(source, (str, os.PathLike)) or not str(source):
