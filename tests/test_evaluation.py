@@ -61,9 +61,10 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
-def test_export_and_eval_cli(checkpoint, val_folder, tmp_path, capsys):
+def test_export_and_eval_cli(checkpoint, val_folder, digits_folder, tmp_path, capsys):
     onnx_path = tmp_path / 'run.onnx'
-    assert main(['export-onnx', str(checkpoint), '-o', str(onnx_path), '--split']) == 0
+    assert main(['export-onnx', str(checkpoint), '-o', str(onnx_path), '--split',
+                 '--labels', str(digits_folder / 'train')]) == 0
     out = capsys.readouterr().out
     assert 'prelu_model_a (10 classes, float32' in out and 'from checkpoint model_best.pth.tar' in out
     assert 'input 32x32' in out and 'labels: yes' in out

@@ -17,10 +17,10 @@ import timm
 import torch
 
 from hub_server import Fault, HubServer, client_env, point_client_at
-from timm_prelu.sources.checkpoints import read_checkpoint
 from timm_prelu.cli import main as cli
-from timm_prelu.errors import UserError
-from timm_prelu.hub.publish import download_model, load_pretrained, push_checkpoint, recorded_metrics
+from timm_prelu.errors import HubError, HubFileNotFoundError, PretrainedMismatchError, UserError
+from timm_prelu.hub import push_checkpoint, recorded_metrics
+from timm_prelu.sources import read_checkpoint, resolve_model
 
 WRITE_TOKEN, READ_TOKEN = 'hf_write_token', 'hf_read_token'
 REPO = 'timm-prelu/prelu_model_a.in1k'  # where the registry tag's weights go once published
@@ -62,6 +62,15 @@ def pushed(hub_server, trained_run):
     return REPO
 
 
+def load(source, **kwargs):
+    return resolve_model(source, **kwargs).model
+
+
+def snapshot_folder(repo_id, **kwargs):
+    """The verified local snapshot of a Hub model, as the resolver fetched it."""
+    return Path(resolve_model(f'hf-hub:{repo_id}', **kwargs).provenance.file).parent
+
+
 def assert_same_model(model, reference):
     ref_model, x = reference
     ref_state = ref_model.state_dict()
@@ -79,18 +88,24 @@ def _files(server, repo_id, branch='main'):
 
 # --- the folder ---------------------------------------------------------------------------------------------------
 
+def _visible(folder):
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith('.'))
+
+
 def test_dry_run_folder_is_timm_layout_and_loads_with_plain_timm(trained_run, reference, tmp_path, capsys):
     out = tmp_path / 'digits-prelu'
     assert cli(['push', str(trained_run['dir'] / 'model_best.pth.tar'), '--repo-id', 'me/digits-prelu',
-                '--dry-run', str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ['.timm-prelu-output.json', 'README.md', 'config.json',
-                                                     'model.safetensors']
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['digits-prelu']  # no temp folder left beside it
+                '--dry-run', str(out), '--labels', str(trained_run['data'] / 'train')]) == 0
+    summary = capsys.readouterr().out
+    assert re.search(r'model.safetensors +\d+\.\d MB', summary) and 'label names: 10 (0, 1, 2, 3, 4, ...)' in summary
+    assert re.search(r'metrics: .*top1 \d', summary)
+    assert _visible(out) == ['README.md', 'config.json', 'model.safetensors']
+    assert _visible(tmp_path) == ['digits-prelu']  # no temp folder left beside it
 
     config = json.loads((out / 'config.json').read_text())
     assert config['architecture'] == trained_run['model'] and config['num_classes'] == trained_run['num_classes']
     assert {k: config['model_args'][k] for k in trained_run['model_kwargs']} == trained_run['model_kwargs']
-    assert config['label_names'] == [str(i) for i in range(10)]  # the ImageFolder class folders
+    assert config['label_names'] == [str(i) for i in range(10)]  # the ImageFolder's class folders, as given
     assert config['pretrained_cfg']['input_size'] == [3, trained_run['img_size'], trained_run['img_size']]
 
     from huggingface_hub import ModelCard
@@ -114,7 +129,7 @@ def test_dry_run_folder_is_timm_layout_and_loads_with_plain_timm(trained_run, re
     labels.write_text('zero\none\n')
     assert cli(['push', str(trained_run['dir'] / 'model_best.pth.tar'), '--repo-id', 'me/digits-prelu',
                 '--dry-run', str(out), '--overwrite', '--labels', str(labels)]) == 2
-    assert '2 label names given for a model with 10 classes' in capsys.readouterr().err
+    assert '--labels: 2 label names given' in capsys.readouterr().err
     labels.unlink()
 
     # a failing rebuild leaves the finished folder as it was
@@ -123,7 +138,12 @@ def test_dry_run_folder_is_timm_layout_and_loads_with_plain_timm(trained_run, re
                 '--dry-run', str(out), '--overwrite', '--model-kwargs', 'num_classes=3']) == 2
     assert 'num_classes=10' in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['digits-prelu']
+    assert _visible(tmp_path) == ['digits-prelu']
+    # without --overwrite an existing folder is refused before anything is loaded
+    assert cli(['push', str(trained_run['dir'] / 'model_best.pth.tar'), '--repo-id', 'me/digits-prelu',
+                '--dry-run', str(out)]) == 2
+    assert 'already exists' in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 # --- push and every way to load ------------------------------------------------------------------------------------
@@ -139,7 +159,11 @@ def test_push_then_every_loading_path_gives_the_same_weights(pushed, hub_server,
     kwargs = dict(trained_run['model_kwargs'],
                   pretrained_cfg_overlay=dict(hf_hub_id=pushed, num_classes=trained_run['num_classes']))
     assert_same_model(timm.create_model(trained_run['model'], pretrained=True, **kwargs), reference)
-    assert_same_model(load_pretrained(f'hf-hub:{pushed}'), reference)
+    resolved = resolve_model(f'hf-hub:{pushed}')
+    assert_same_model(resolved.model, reference)
+    blob = Path(os.path.realpath(resolved.provenance.file))
+    assert resolved.provenance.sha256 == blob.name  # verified against the Hub's sha256 (the LFS etag)
+    assert resolved.provenance.revision == hub_server.state.repos[pushed].branches['main']
 
     # the real `hf download`, then timm from the files it fetched
     env = {**os.environ, **client_env(hub_server.url, hub_home), 'HF_TOKEN': WRITE_TOKEN}
@@ -147,7 +171,7 @@ def test_push_then_every_loading_path_gives_the_same_weights(pushed, hub_server,
                           text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     snapshot = Path(proc.stdout.strip().splitlines()[-1])
-    assert snapshot == download_model(pushed)
+    assert snapshot == snapshot_folder(pushed)
     assert_same_model(timm.create_model(trained_run['model'], pretrained=True, **trained_run['model_kwargs'],
                                         pretrained_cfg_overlay=dict(file=str(snapshot / 'model.safetensors'),
                                                                     num_classes=10)), reference)
@@ -181,11 +205,12 @@ def test_private_repo_on_a_branch(hub_server, trained_run, reference, monkeypatc
                           revision='dev')
     assert '/alice/private-digits/commit/' in url
     assert 'model.safetensors' not in _files(hub_server, 'alice/private-digits')  # main is untouched
-    assert_same_model(load_pretrained('hf-hub:alice/private-digits@dev'), reference)
+    assert_same_model(load('hf-hub:alice/private-digits@dev'), reference)
 
     monkeypatch.delenv('HF_TOKEN')
-    with pytest.raises(UserError, match='not found.*or it is private.*hf auth login'):
-        load_pretrained('hf-hub:alice/private-digits@dev', cache_dir=str(tmp_path / 'cache'))
+    with pytest.raises(HubError, match='not found.*or it is private.*hf auth login') as e:
+        load('hf-hub:alice/private-digits@dev', cache_dir=str(tmp_path / 'cache'))
+    assert e.value.param == 'source' and e.value.__cause__ is not None
 
 
 # --- push errors ----------------------------------------------------------------------------------------------------
@@ -232,25 +257,30 @@ def _cached(cache, repo_id):
 
 
 def test_unknown_repo_revision_and_missing_weights(hub_server, pushed):
-    with pytest.raises(UserError, match='repo alice/nothing-here not found'):
-        load_pretrained('hf-hub:alice/nothing-here')
-    with pytest.raises(UserError, match="revision 'v9' does not exist in .*: pass an existing branch"):
-        load_pretrained(f'hf-hub:{pushed}@v9')
+    with pytest.raises(HubError, match='repo alice/nothing-here not found'):
+        load('hf-hub:alice/nothing-here')
+    with pytest.raises(HubError, match="revision 'v9' does not exist in .*: give an existing branch"):
+        load(f'hf-hub:{pushed}@v9')
     hub_server.state.commit_files('alice/config-only', {'config.json': b'{"architecture": "prelu_model_a"}'})
-    with pytest.raises(UserError, match='has no model.safetensors.*timm-prelu push CHECKPOINT --repo-id alice/'):
-        load_pretrained('hf-hub:alice/config-only')
-    with pytest.raises(UserError, match='has no model.safetensors'):
-        download_model('alice/config-only')
+    with pytest.raises(HubFileNotFoundError, match='has no model.safetensors: it is not a timm model repo'):
+        load('hf-hub:alice/config-only')
 
 
-def test_registry_path_with_the_wrong_classes_names_the_fix(hub_server, pushed, trained_run, tmp_path):
-    with pytest.raises(UserError, match=r'10 classes.*num_classes=10'):
-        load_pretrained(trained_run['model'], **trained_run['model_kwargs'],  # 1000 classes, the repo has 10
-                        pretrained_cfg_overlay=dict(hf_hub_id=pushed))
-    local = tmp_path / 'model.safetensors'
-    local.write_bytes(b'\x10' * 64)
+def test_registry_tag_loads_its_hub_weights_and_names_a_class_mismatch(hub_server, pushed, trained_run, reference,
+                                                                       tmp_path):
+    # prelu_model_a.in1k's hf_hub_id is the pushed repo: its config supplies the kwargs and classes
+    resolved = resolve_model(f'{trained_run["model"]}.in1k', pretrained=True)
+    assert_same_model(resolved.model, reference)
+    assert resolved.provenance.kind == 'pretrained' and resolved.provenance.repo_id == pushed
+    with pytest.raises(PretrainedMismatchError, match=r'10 classes.*num_classes=10') as e:
+        resolve_model(f'{trained_run["model"]}.in1k', pretrained=True, num_classes=1000)
+    assert e.value.param == 'model_kwargs'
+    folder = tmp_path / 'local'
+    folder.mkdir()
+    (folder / 'config.json').write_text(json.dumps({'architecture': 'prelu_model_a'}))
+    (folder / 'model.safetensors').write_bytes(b'\x10' * 64)
     with pytest.raises(UserError, match='not a valid safetensors file'):
-        load_pretrained(trained_run['model'], pretrained_cfg_overlay=dict(file=str(local)))
+        resolve_model(f'local-dir:{folder}')
 
 
 def test_corrupt_file_on_the_hub_is_not_kept(hub_server, hub_home, pushed):
@@ -259,29 +289,28 @@ def test_corrupt_file_on_the_hub_is_not_kept(hub_server, hub_home, pushed):
     hub_server.state.commit_files('alice/corrupt', {'config.json': b'{}', 'model.safetensors': weights[:1000]})
     for _ in range(2):  # the second call must not take a cached copy for good
         with pytest.raises(UserError, match='corrupt or truncated.*publish it again'):
-            download_model('alice/corrupt')
+            load('hf-hub:alice/corrupt')
     assert not [p for p in _cached(Path(hub_home) / 'hub', 'alice/corrupt') if p.startswith(('blobs', 'snapshots'))]
 
 
 def test_damaged_cache_entry_is_replaced(hub_server, hub_home, pushed, reference):
-    load_pretrained(f'hf-hub:{pushed}')
-    blob = Path(os.path.realpath(download_model(pushed) / 'model.safetensors'))
+    blob = Path(os.path.realpath(resolve_model(f'hf-hub:{pushed}').provenance.file))
     data = bytearray(blob.read_bytes())
     data[-10:] = b'\xff' * 10  # bit rot in the tensor data: the header still parses
     blob.write_bytes(bytes(data))
-    assert_same_model(load_pretrained(f'hf-hub:{pushed}'), reference)
+    assert_same_model(load(f'hf-hub:{pushed}'), reference)
 
 
 def test_interrupted_download_leaves_no_cache_entry(hub_server, pushed, reference, tmp_path):
     hub_server.state.faults.append(Fault('truncate', path='model.safetensors'))
     with pytest.raises(UserError, match=f'downloading {pushed} failed.*nothing was cached'):
-        load_pretrained(f'hf-hub:{pushed}', cache_dir=str(tmp_path))
+        load(f'hf-hub:{pushed}', cache_dir=str(tmp_path))
     assert not [p for p in _cached(tmp_path, pushed) if 'safetensors' in p or 'blobs' in p]
-    assert_same_model(load_pretrained(f'hf-hub:{pushed}', cache_dir=str(tmp_path)), reference)
+    assert_same_model(load(f'hf-hub:{pushed}', cache_dir=str(tmp_path)), reference)
 
 
 def test_offline_without_cache(hub_server, monkeypatch):
     from huggingface_hub import constants
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
     with pytest.raises(UserError, match='not in the local Hugging Face cache.*HF_HUB_OFFLINE'):
-        load_pretrained('hf-hub:alice/never-downloaded')
+        load('hf-hub:alice/never-downloaded')

@@ -1,4 +1,6 @@
 """`timm-prelu slopes`: learned PReLU slopes per layer of a real train.py checkpoint, a .safetensors file or a model."""
+import re
+
 import safetensors.torch
 import torch
 
@@ -34,7 +36,7 @@ def test_slopes_of_safetensors_need_the_architecture(trained_run, tmp_path, caps
     assert '--model' in capsys.readouterr().err
     kwargs = [f'{k}={v}' for k, v in trained_run['model_kwargs'].items()] + ['num_classes=10']
     assert main(['slopes', str(weights), '--model', trained_run['model'], '--model-kwargs', *kwargs]) == 0
-    assert capsys.readouterr().out.count('\n| ') == 18
+    assert len(re.findall(r'^\| \d+ \|', capsys.readouterr().out, flags=re.M)) == 18
 
 
 def test_slopes_of_a_model_name(capsys):
@@ -48,11 +50,13 @@ def test_clear_errors(trained_run, tmp_path, capsys):
     corrupt = tmp_path / 'broken.pth.tar'
     corrupt.write_bytes((trained_run['dir'] / 'last.pth.tar').read_bytes()[:1000])
     cases = [
-        ([str(tmp_path / 'missing.pth.tar')], 'not found'),
+        ([str(tmp_path / 'missing.pth.tar')], 'no such file or folder'),
         ([str(corrupt)], 'corrupt or truncated'),
-        (['no_such_model'], 'neither a file nor a timm model'),
+        (['no_such_model'], 'unknown model'),
+        ([str(tmp_path)], 'a folder without config.json'),
         (['prelu_model_a', '--model-kwargs', 'act=relu', 'width_mult=0.125', 'fc_dim=16'], 'no PReLU layers'),
-        ([str(trained_run['dir'] / 'last.pth.tar'), '--ema'], 'no EMA weights'),
+        ([str(trained_run['dir'] / 'last.pth.tar'), '--ema'], '--use-ema: ' + str(trained_run['dir'] / 'last.pth.tar')
+         + ' has no EMA weights'),
     ]
     for argv, message in cases:
         assert main(['slopes', *argv]) == 2

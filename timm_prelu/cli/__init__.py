@@ -34,7 +34,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         with terminate_raises():  # SIGTERM unwinds like Ctrl-C: children stopped, unfinished outputs removed
             return args.func(args) or 0
     except UserError as e:
-        print(f'timm-prelu {args.command}: error: {e}', file=sys.stderr)
+        from ._args import flag_for
+        flag = flag_for(e.param)
+        print(f'timm-prelu {args.command}: error: {f"{flag}: " if flag else ""}{e}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f'timm-prelu {args.command}: interrupted', file=sys.stderr)

@@ -1,10 +1,23 @@
 """Argument parsing shared by several subcommands (not a subcommand: the name starts with '_')."""
+import argparse
 import ast
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..errors import UserError
+from ..errors import ConfigError
 
-__all__ = ['parse_model_kwargs', 'check_output']
+__all__ = ['parse_model_kwargs', 'add_model_source_args', 'resolve_from_args', 'PARAM_FLAGS', 'flag_for',
+           'describe_labels', 'check_output']
+
+# The flag a library error's ``param`` stands for on the command line.
+PARAM_FLAGS = {
+    'model_kwargs': '--model-kwargs', 'num_classes': '--num-classes', 'labels': '--labels', 'use_ema': '--use-ema',
+    'model_name': '--model', 'pretrained': '--pretrained', 'repo_id': '--repo-id', 'out': '--out',
+}
+
+
+def flag_for(param: Optional[str]) -> Optional[str]:
+    """The command-line flag for a library parameter name, if it has one."""
+    return PARAM_FLAGS.get(param) if param else None
 
 
 def parse_model_kwargs(items: Optional[List[str]]) -> Dict[str, Any]:
@@ -13,7 +26,8 @@ def parse_model_kwargs(items: Optional[List[str]]) -> Dict[str, Any]:
     for item in items or []:
         key, sep, value = item.partition('=')
         if not sep or not key:
-            raise UserError(f'--model-kwargs expects key=value pairs, got {item!r} (e.g. width_mult=0.125 fc_dim=64)')
+            raise ConfigError(f'--model-kwargs expects key=value pairs, got {item!r} (e.g. width_mult=0.125 '
+                              f'fc_dim=64)', param='model_kwargs')
         try:
             kwargs[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -37,3 +51,38 @@ def check_output(path: str, flag: str, *, kind: str = 'dir', overwrite: bool = F
             check_destination(path, kind=kind, overwrite=overwrite, inputs=inputs)
     except OutputError as e:
         raise OutputError(f'{flag} {e}'.replace(OVERWRITE_HINT, 'pass --overwrite'), param=e.param) from e
+
+
+def add_model_source_args(p: argparse.ArgumentParser, *, pretrained: bool = True, labels: bool = True,
+                          ema: bool = True) -> None:
+    """The flags that say how to build a model from a name, hub id, hub folder or checkpoint (one set for all)."""
+    p.add_argument('--model-kwargs', nargs='*', default=None, metavar='K=V',
+                   help='model arguments, e.g. width_mult=0.125 fc_dim=64 (override what a checkpoint records)')
+    p.add_argument('--num-classes', type=int, default=None, metavar='N',
+                   help='classifier size (default: the recorded one, else read from the weights)')
+    if labels:
+        p.add_argument('--labels', default=None, metavar='FILE|FOLDER',
+                       help='class names: a text file (one per line, in class-index order) or an ImageFolder whose '
+                            'class folders name the classes (default: the names the model records, if any)')
+    if ema:
+        p.add_argument('--use-ema', '--ema', dest='use_ema', action='store_true',
+                       help="the EMA weights of a train.py checkpoint (train.py --model-ema)")
+    if pretrained:
+        p.add_argument('--pretrained', action='store_true',
+                       help="for a model name: load its pretrained tag's published weights")
+
+
+def resolve_from_args(args: argparse.Namespace, source: Any, model_name: Optional[str] = None, **kwargs: Any):
+    """``timm_prelu.sources.resolve_model`` with the flags of :func:`add_model_source_args`."""
+    from ..sources import resolve_model
+    return resolve_model(
+        source, model_name=model_name, model_kwargs=parse_model_kwargs(getattr(args, 'model_kwargs', None)),
+        num_classes=getattr(args, 'num_classes', None), labels=getattr(args, 'labels', None),
+        pretrained=getattr(args, 'pretrained', False), use_ema=getattr(args, 'use_ema', False), **kwargs)
+
+
+def describe_labels(names: Optional[List[str]], shown: int = 5) -> str:
+    """'10 label names (zero, one, ...)' or 'no label names'."""
+    if not names:
+        return 'no label names'
+    return f'{len(names)} label names ({", ".join(names[:shown])}{", ..." if len(names) > shown else ""})'

@@ -1,37 +1,8 @@
 """`timm-prelu export-onnx`: a PReLU-net to ONNX (dynamic batch / height / width, timm config in the metadata)."""
 import argparse
 from pathlib import Path
-from typing import List, Optional
 
-from ..errors import UserError
-from ._args import check_output, parse_model_kwargs
-
-
-def read_label_names(source: Optional[str]) -> Optional[List[str]]:
-    """Class names from a text file (one per line, class-index order) or an ImageFolder's class folders."""
-    if source is None:
-        return None
-    path = Path(source)
-    if path.is_dir():
-        from timm.utils import natural_key
-        names = sorted((d.name for d in path.iterdir() if d.is_dir()), key=natural_key)
-    elif path.is_file():
-        names = [line.strip() for line in path.read_text(encoding='utf-8').splitlines() if line.strip()]
-    else:
-        raise UserError(f'--labels {source}: no such file or folder: pass a text file (one name per line) or an '
-                        f'ImageFolder')
-    if not names:
-        raise UserError(f'--labels {source}: no class names found in it')
-    return names
-
-
-def add_model_source_args(p: argparse.ArgumentParser) -> None:
-    """Flags that say how to build a model from a name, hub id or checkpoint (shared with predict / eval)."""
-    p.add_argument('--model-kwargs', nargs='*', default=None, metavar='K=V',
-                   help='timm.create_model kwargs, e.g. width_mult=0.125 fc_dim=64 (a checkpoint records its own)')
-    p.add_argument('--num-classes', type=int, default=None, metavar='N', help='classifier size when building by name')
-    p.add_argument('--pretrained', action='store_true',
-                   help="load the registry tag's published weights for a plain model name")
+from ._args import add_model_source_args, check_output, parse_model_kwargs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,8 +24,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--model', dest='model_name', default=None, metavar='NAME',
                    help='architecture of a checkpoint that does not record it')
     add_model_source_args(p)
-    p.add_argument('--labels', default=None, metavar='FILE|FOLDER',
-                   help='class names: a text file (one per line) or the ImageFolder the model was trained on')
     p.add_argument('--input-size', type=int, default=None, metavar='PX',
                    help='training image size, if not recorded (sets the centre crop and the dense window)')
     p.add_argument('--overwrite', action='store_true',
@@ -72,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     result = export_onnx(
         args.model, args.output, opset=args.opset, fp16=args.fp16, split=args.split, model_name=args.model_name,
         model_kwargs=parse_model_kwargs(args.model_kwargs), num_classes=args.num_classes,
-        pretrained=args.pretrained, label_names=read_label_names(args.labels), input_size=args.input_size,
-        verify=args.verify, overwrite=args.overwrite)
+        pretrained=args.pretrained, label_names=args.labels, input_size=args.input_size, verify=args.verify,
+        use_ema=args.use_ema, overwrite=args.overwrite)
     info = read_metadata(result.model)
     cfg = info['pretrained_cfg']
     source = info['source']

@@ -2,7 +2,7 @@
 layer after He and Xavier init (the paper's section 2.2), as a table and a log-scale plot."""
 import argparse
 
-from ._args import check_output, parse_model_kwargs
+from ._args import add_model_source_args, check_output, describe_labels, parse_model_kwargs, resolve_from_args
 
 # Why He's std may still fall over a deep narrow net (a table reader's first question); derived in docs/init.md.
 FACTOR_NOTE = ("note: He makes each layer's variance factor 1 only in expectation; at finite width the factors are "
@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description='Initialise MODEL with each rule, push one random batch through it and report, per conv / fc '
                     'layer, the std of its responses (forward) and of their gradients (backward).')
     p.add_argument('model', metavar='MODEL',
-                   help='a timm model name (e.g. vgg19, prelu_model_a) or plainN (e.g. plain30: the plain N-layer '
+                   help='a timm model name (e.g. vgg19, prelu_model_a), a checkpoint, hub id or hub folder (its '
+                        'architecture; the weights are re-initialised), or plainN (e.g. plain30: the plain N-layer '
                         'ReLU net of `timm-prelu reproduce depth`)')
     p.add_argument('--init', nargs='+', choices=('he', 'xavier'), default=['he', 'xavier'],
                    help='init rules to compare (default: both)')
@@ -30,8 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--img-size', type=int, default=None, help="input side (default: the model's configured size)")
     p.add_argument('--batch-size', type=int, default=8, help='images in the probe batch (default: 8)')
     p.add_argument('--seed', type=int, default=0, help='seed of the weights, the batch and the output gradient')
-    p.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE',
-                   help='extra model arguments, e.g. width_mult=0.25 fc_dim=256')
+    add_model_source_args(p, pretrained=False)
     p.add_argument('--depth-plot', metavar='PNG', default=None,
                    help='also write the std per layer, one line per rule, to this PNG')
     p.add_argument('--overwrite', action='store_true',
@@ -43,17 +43,28 @@ def run(args: argparse.Namespace) -> int:
     import warnings
 
     import torch
-    from ..errors import UserError
-    from ..init.probe import create_model, format_probe_table, plot_probe, probe_rule
+    from ..errors import ConfigError, ModelSourceError
+    from ..init.plain_net import create_plain_net, is_plain_net_name
+    from ..init.probe import format_probe_table, plot_probe, probe_rule
     if args.depth_plot:
         check_output(args.depth_plot, '--depth-plot', kind='file', overwrite=args.overwrite)
     if args.batch_size < 1:
-        raise UserError(f'--batch-size must be at least 1, got {args.batch_size}')
-    from ..init.plain_net import is_plain_net_name
-    model_kwargs = parse_model_kwargs(args.model_kwargs)
-    if is_plain_net_name(args.model) and args.img_size is not None:
-        model_kwargs.setdefault('img_size', args.img_size)  # a plain net's fc1 is sized for its input
-    model = create_model(args.model, **model_kwargs)
+        raise ConfigError(f'--batch-size must be at least 1, got {args.batch_size}')
+    if is_plain_net_name(args.model):
+        model_kwargs = parse_model_kwargs(args.model_kwargs)
+        if args.img_size is not None:
+            model_kwargs.setdefault('img_size', args.img_size)  # a plain net's fc1 is sized for its input
+        model = create_plain_net(args.model, **model_kwargs)
+    else:
+        try:
+            resolved = resolve_from_args(args, args.model)
+        except ModelSourceError as e:
+            if str(e).startswith('unknown model'):
+                raise ModelSourceError(f'{e}; or plainN (e.g. plain30) for the plain N-layer ReLU net',
+                                       param=e.param) from e
+            raise
+        model = resolved.model
+        print(f'{resolved.model_name} from {resolved.provenance.kind}: {describe_labels(resolved.label_names)}')
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     chans, height, width = cfg.get('input_size', (3, 224, 224))
     if args.img_size is not None:

@@ -4,8 +4,7 @@ from pathlib import Path
 from typing import List
 
 from ..errors import UserError
-from ._args import parse_model_kwargs
-from .export_onnx import add_model_source_args
+from ._args import add_model_source_args, resolve_from_args
 
 
 def add_predictor_args(p: argparse.ArgumentParser) -> None:
@@ -45,18 +44,18 @@ def build_predictor(args: argparse.Namespace):
     """The MultiScalePredictor the flags describe; prints which backend and provider it uses."""
     from ..inference.predictor import MultiScalePredictor, OnnxBackend, TorchBackend
     if args.onnx:
-        if args.checkpoint or args.model_kwargs or args.num_classes or args.pretrained:
-            raise UserError('--checkpoint / --model-kwargs / --num-classes / --pretrained describe a PyTorch model: '
-                            'drop them with --onnx (the ONNX file carries its own configuration)')
-        backend = OnnxBackend(args.onnx, providers=args.provider, threads=args.threads)
+        if args.checkpoint or args.model_kwargs or args.num_classes or args.pretrained or args.use_ema:
+            raise UserError('--checkpoint / --model-kwargs / --num-classes / --pretrained / --use-ema describe a '
+                            'PyTorch model: drop them with --onnx (the ONNX file carries its own configuration)')
+        resolved = resolve_from_args(args, args.onnx, allow_onnx=True,
+                                     onnx_options={'providers': args.provider, 'threads': args.threads})
+        backend = OnnxBackend(resolved.model, providers=args.provider, threads=args.threads)
     else:
         import torch
-        from ..onnx_model.export import resolve_model
         spec, name = (args.checkpoint, args.model) if args.checkpoint else (args.model, None)
-        model, _ = resolve_model(spec, model_name=name, model_kwargs=parse_model_kwargs(args.model_kwargs),
-                                 num_classes=args.num_classes, pretrained=args.pretrained)
+        resolved = resolve_from_args(args, spec, model_name=name)
         device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-        backend = TorchBackend(model, device=device)
+        backend = TorchBackend(resolved.model, device=device)
     views = args.views
     if views is None:
         views = ['dense'] if backend.supports_dense else ['full']

@@ -1,23 +1,20 @@
-"""`timm-prelu slopes CHECKPOINT_OR_MODEL`: learned PReLU slopes per layer, by depth (the paper's Table 1)."""
+"""`timm-prelu slopes SOURCE`: learned PReLU slopes per layer, by depth (the paper's Table 1)."""
 import argparse
 
-from ._args import check_output, parse_model_kwargs
+from ._args import add_model_source_args, check_output, describe_labels, resolve_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         'slopes', help='per-layer PReLU slope mean / min / max of a checkpoint or model',
         description='Print the mean, min and max PReLU slope of every layer, by depth, of a train.py checkpoint, '
-                    'a .safetensors file or a timm model; optionally plot them.')
-    p.add_argument('source', metavar='CHECKPOINT_OR_MODEL',
+                    'a .safetensors file, a hub model or a timm model; optionally plot them.')
+    p.add_argument('source', metavar='SOURCE',
                    help='a train.py checkpoint (e.g. output/train/RUN/model_best.pth.tar), a .safetensors file, '
-                        'or a timm model name (e.g. prelu_model_a)')
+                        'hf-hub:ORG/NAME[@REV], a hub-layout folder, or a timm model name (e.g. prelu_model_a)')
     p.add_argument('--model', default=None,
                    help='architecture of the weights, when the file does not record it (e.g. a bare .safetensors)')
-    p.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE',
-                   help='model arguments, e.g. width_mult=0.125 fc_dim=64 (override what the checkpoint records)')
-    p.add_argument('--ema', action='store_true', help="read the checkpoint's EMA weights (train.py --model-ema)")
-    p.add_argument('--pretrained', action='store_true', help='for a model name: download its pretrained weights')
+    add_model_source_args(p)
     p.add_argument('--plot', metavar='PNG', default=None, help='also plot the slopes by depth to this PNG')
     p.add_argument('--overwrite', action='store_true',
                    help='replace the --plot file if timm-prelu wrote it (never a file it did not write)')
@@ -30,8 +27,9 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         check_output(args.plot, '--plot', kind='file', overwrite=args.overwrite,
                      inputs=[args.source if Path(args.source).exists() else None])
-    rows = load_slopes(args.source, model_name=args.model, model_kwargs=parse_model_kwargs(args.model_kwargs) or None,
-                       use_ema=args.ema, pretrained=args.pretrained)
+    resolved = resolve_from_args(args, args.source, model_name=args.model)
+    rows = load_slopes(resolved.model)
+    print(f'{resolved.model_name} from {resolved.provenance.kind}: {describe_labels(resolved.label_names)}')
     print(format_slopes(rows))
     if args.plot:
         print(f'plot: {plot_slopes(rows, args.plot, title=f"PReLU slopes: {args.source}")}')

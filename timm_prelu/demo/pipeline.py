@@ -281,11 +281,11 @@ def run_demo(cfg: DemoConfig) -> Path:
             for act in ACTS:
                 print(f'{act}: val top-1 by epoch {[round(v, 1) for v in losses[act]["eval_top1"]]}')
         with timer.stage('3/6 publish: hub layout folders (push --dry-run)'):
-            hub_dirs = {act: build_hub_folder(checkpoints[act], out / 'hub' / act, f'{REPO_ID}-{act}')
-                        for act in ACTS}
+            hub_dirs = {act: build_hub_folder(checkpoints[act], out / 'hub' / act, f'{REPO_ID}-{act}',
+                                              label_names=split['train']) for act in ACTS}
             uploaded = None
             if cfg.repo_id:
-                uploaded = push_checkpoint(checkpoints['prelu'], cfg.repo_id)
+                uploaded = push_checkpoint(checkpoints['prelu'], cfg.repo_id, label_names=split['train'])
                 print(f'uploaded: {uploaded}')
         with timer.stage('4/6 load back: timm.create_model(pretrained=True) == trained model'):
             x = _val_batch(data, cfg.img_size)

@@ -161,17 +161,11 @@ def plot_probe(results: Mapping[str, List[LayerStats]], path: Union[str, os.Path
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """A timm model by name (weights not downloaded: the probe re-initialises them), or 'plainN' for the plain
-    N-layer ReLU net of the depth experiment."""
-    import timm
-    import timm_prelu  # noqa: F401  (registers the PReLU-nets)
+    """'plainN' for the plain N-layer ReLU net of the depth experiment, else any model source
+    :func:`timm_prelu.sources.resolve_model` takes (a timm name, checkpoint, hub id or folder); ``kwargs`` are
+    model arguments. The probe re-initialises the weights, so none are downloaded for a plain name."""
+    from ..sources import resolve_model
     from .plain_net import create_plain_net, is_plain_net_name
     if is_plain_net_name(name):
         return create_plain_net(name, **kwargs)
-    if not timm.is_model(name):
-        raise UserError(f'unknown model {name!r}: pass a timm model name (e.g. vgg19, prelu_model_a) or plainN '
-                        f'(e.g. plain30) for the plain N-layer ReLU net')
-    try:
-        return timm.create_model(name, pretrained=False, **kwargs)
-    except (TypeError, ValueError) as e:
-        raise UserError(f'cannot build {name} with {kwargs}: {e}') from None
+    return resolve_model(name, model_kwargs=kwargs).model

@@ -1,8 +1,7 @@
 """Learned PReLU slopes per layer (the paper's Table 1 observation: larger in early layers, smaller deep).
 
-Slopes are read from a model built by name (``timm.create_model``), or from weights: a timm train.py checkpoint
-(``*.pth.tar``, read with ``torch.load(weights_only=True)``) or a ``.safetensors`` file, rebuilt with the
-architecture they record (see :mod:`timm_prelu.checkpoints`).
+Slopes are read from any model source :func:`timm_prelu.sources.resolve_model` takes: a timm train.py checkpoint,
+a ``.safetensors`` file, a hub id or folder, or a model built by name.
 """
 import os
 from dataclasses import dataclass
@@ -11,12 +10,9 @@ from typing import Any, Dict, List, Optional, Union
 
 import torch.nn as nn
 
-from ..errors import UserError
+from ..errors import ConfigError, OutputError
 
 __all__ = ['LayerSlopes', 'layer_slopes', 'load_slopes', 'format_slopes', 'plot_slopes']
-
-CHECKPOINT_SUFFIXES = ('.pth.tar', '.pth', '.pt', '.tar', '.bin', '.safetensors')
-
 
 @dataclass
 class LayerSlopes:
@@ -39,45 +35,24 @@ def layer_slopes(model: nn.Module) -> List[LayerSlopes]:
     return rows
 
 
-def _looks_like_path(source: str) -> bool:
-    return source.endswith(CHECKPOINT_SUFFIXES) or any(sep and sep in source for sep in (os.sep, os.altsep))
-
-
 def load_slopes(
-        source: Union[str, os.PathLike],
+        source: Union[str, os.PathLike, nn.Module],
         model_name: Optional[str] = None,
         model_kwargs: Optional[Dict[str, Any]] = None,
         use_ema: bool = False,
         pretrained: bool = False,
+        num_classes: Optional[int] = None,
 ) -> List[LayerSlopes]:
-    """Slopes per layer of a checkpoint / .safetensors file or of a timm model name (``pretrained`` downloads it).
-
-    ``model_name`` / ``model_kwargs`` override the architecture a file records (needed for a bare .safetensors);
-    ``use_ema`` reads the EMA weights of a train.py checkpoint.
-    """
-    source = str(source)
-    if os.path.exists(source) or _looks_like_path(source):
-        from ..sources.checkpoints import create_model_from_checkpoint, read_checkpoint
-        model = create_model_from_checkpoint(read_checkpoint(source, use_ema=use_ema), model_name, model_kwargs)
-    else:
-        import timm
-        import timm_prelu  # noqa: F401  (registers the PReLU-nets)
-        if not timm.is_model(source):
-            raise UserError(f'{source!r} is neither a file nor a timm model name: pass a checkpoint '
-                            f'(.pth.tar / .safetensors) or a model such as prelu_model_a')
-        try:
-            model = timm.create_model(source, pretrained=pretrained, **(model_kwargs or {}))
-        except (TypeError, ValueError) as e:
-            raise UserError(f'cannot build {source} with {model_kwargs or {}}: {e}') from None
-        except Exception as e:  # download / hub errors of pretrained=True
-            if not pretrained:
-                raise
-            raise UserError(f'cannot load pretrained weights of {source} ({type(e).__name__}: '
-                            f'{str(e).splitlines()[0] if str(e) else ""}): check the name and your network, '
-                            f'or drop --pretrained') from None
+    """Slopes per layer of any model source (see :func:`timm_prelu.sources.resolve_model`): a checkpoint, a
+    .safetensors file, a hub id or folder, a timm model name (``pretrained`` downloads its weights) or a module."""
+    from ..sources import resolve_model
+    model = resolve_model(source, model_name=model_name, model_kwargs=model_kwargs, num_classes=num_classes,
+                          use_ema=use_ema, pretrained=pretrained).model
     rows = layer_slopes(model)
     if not rows:
-        raise UserError(f'{source} has no PReLU layers (a ReLU model?): slopes exist only for act=prelu / prelu_shared')
+        raise ConfigError(f'{source if isinstance(source, (str, os.PathLike)) else type(source).__name__} has no '
+                          f'PReLU layers (not a PReLU-net, or built with act=relu): slopes exist only for PReLU '
+                          f'activations', param='source')
     return rows
 
 

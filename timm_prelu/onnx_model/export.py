@@ -28,12 +28,10 @@ import torch.nn as nn
 from ..errors import OutputError, UserError
 from ..inference.predictor import receptive_field
 from ..outputs import check_destination, final_data, finished_output_files
+from ..sources.resolve import resolve_model as _resolve
 from .runtime import METADATA_FORMAT, METADATA_KEY, PRETRAINED_CFG_KEY
 
-__all__ = ['export_onnx', 'resolve_model', 'OnnxExport', 'split_paths', 'check_export_destination',
-           'CHECKPOINT_SUFFIXES']
-
-CHECKPOINT_SUFFIXES = ('.safetensors', '.pth', '.pth.tar', '.pt', '.bin')
+__all__ = ['export_onnx', 'resolve_model', 'OnnxExport', 'split_paths', 'check_export_destination']
 
 
 @dataclass
@@ -68,15 +66,7 @@ def check_export_destination(path: Union[str, os.PathLike], split: bool = False,
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Where the model comes from
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
+# Where the model comes from: timm_prelu.sources.resolve_model
 
 
 def _state_dict_sha256(model: nn.Module) -> str:
@@ -88,81 +78,6 @@ def _state_dict_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _hub_revision(repo_spec: str) -> Dict[str, Any]:
-    """Commit and weight-file sha256 of a hub repo already downloaded into the local cache."""
-    from huggingface_hub import try_to_load_from_cache
-    repo_id, _, revision = repo_spec.partition('@')
-    info: Dict[str, Any] = {'kind': 'hf-hub', 'repo_id': repo_id, 'revision': revision or 'main'}
-    for filename in ('model.safetensors', 'pytorch_model.bin'):
-        cached = try_to_load_from_cache(repo_id, filename, revision=revision or None)
-        if isinstance(cached, str):
-            cached = Path(cached)
-            info.update(commit=cached.parent.name, file=filename, sha256=_sha256(cached),
-                        model_kwargs=_config_model_args(cached.with_name('config.json')))
-            break
-    return info
-
-
-def _config_model_args(config_json: Path) -> Dict[str, Any]:
-    """The ``model_args`` timm's save_for_hf recorded in a hub folder's config.json."""
-    try:
-        return dict(json.loads(config_json.read_text()).get('model_args') or {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-
-
-def _train_label_names(args: Dict[str, Any]) -> Optional[List[str]]:
-    """Class names of the ImageFolder train.py read (its class folders, in timm's natural order), if still there."""
-    from timm.utils import natural_key
-    data_dir = args.get('data_dir') or args.get('data')
-    if args.get('dataset') or not data_dir:
-        return None
-    root = Path(data_dir) / (args.get('train_split') or 'train')
-    if not root.is_dir():
-        return None
-    return sorted((d.name for d in root.iterdir() if d.is_dir()), key=natural_key) or None
-
-
-def _checkpoint_model(
-        path: Path,
-        model_name: Optional[str],
-        model_kwargs: Dict[str, Any],
-        num_classes: Optional[int],
-) -> Tuple[nn.Module, Dict[str, Any]]:
-    """Build the model of a train.py checkpoint or .safetensors file (read safely by timm_prelu.checkpoints)."""
-    from ..sources.checkpoints import create_model_from_checkpoint, read_checkpoint
-    ckpt = read_checkpoint(path)
-    overrides = dict(model_kwargs, **({'num_classes': num_classes} if num_classes is not None else {}))
-    model = create_model_from_checkpoint(ckpt, model_name=model_name, model_kwargs=overrides)
-    args = ckpt.args
-    cfg: Dict[str, Any] = {}
-    if args.get('input_size'):
-        cfg['input_size'] = tuple(args['input_size'])
-    elif args.get('img_size'):
-        cfg['input_size'] = (args.get('in_chans') or 3, args['img_size'], args['img_size'])
-    for k in ('mean', 'std', 'interpolation', 'crop_pct'):
-        if args.get(k):
-            cfg[k] = tuple(args[k]) if isinstance(args[k], list) else args[k]
-    labels = _train_label_names(args)
-    config_json = path.with_name('config.json')
-    if path.name.endswith('.safetensors') and config_json.is_file():  # timm's hub layout describes its weights
-        try:
-            config = json.loads(config_json.read_text())
-        except (OSError, ValueError):
-            config = {}
-        keep = ('input_size', 'mean', 'std', 'interpolation', 'crop_pct', 'label_names')
-        cfg.update({k: v for k, v in (config.get('pretrained_cfg') or {}).items() if k in keep and v})
-        labels = config.get('label_names') or cfg.pop('label_names', None)
-    if labels is not None and len(labels) == model.num_classes:
-        cfg['label_names'] = labels
-    model.pretrained_cfg = {**model.pretrained_cfg, **cfg}
-    info = {'kind': 'checkpoint', 'file': path.name, 'sha256': _sha256(path),
-            'model_kwargs': {**ckpt.model_kwargs, **overrides}}
-    info.update({k: v for k, v in (('epoch', ckpt.epoch), ('metric', ckpt.metric), ('ema', ckpt.ema or None))
-                 if v is not None})
-    return model, info
-
-
 def resolve_model(
         spec: Union[str, os.PathLike, nn.Module],
         model_name: Optional[str] = None,
@@ -170,64 +85,10 @@ def resolve_model(
         num_classes: Optional[int] = None,
         pretrained: bool = False,
 ) -> Tuple[nn.Module, Dict[str, Any]]:
-    """A model from a timm name, an ``hf-hub:`` id, a local hub folder, a checkpoint file, or a module.
-
-    Args:
-        spec: 'prelu_model_a' (``pretrained`` says whether to load its weights), 'hf-hub:ORG/NAME[@REV]',
-            a folder in timm's hub layout, a train.py ``.pth.tar`` / ``.safetensors`` file, or an ``nn.Module``.
-        model_name: Architecture for a checkpoint that does not record it (a bare .safetensors).
-        model_kwargs: Extra ``timm.create_model`` kwargs (e.g. ``width_mult``, ``fc_dim``).
-        num_classes: Classifier size (default: the checkpoint's or the model's).
-        pretrained: Load the registry tag's pretrained weights for a plain model name.
-
-    Returns:
-        The model in eval mode and a dict saying where it came from (``kind`` plus revision / sha256 facts).
-    """
-    import timm
-    import timm_prelu  # noqa: F401  (registers the models)
-    kwargs = dict(model_kwargs or {})
-    if isinstance(spec, nn.Module):
-        return spec, {'kind': 'module', 'model_kwargs': None}
-    spec = str(spec)
-    create_kwargs = dict(kwargs, **({'num_classes': num_classes} if num_classes is not None else {}))
-    path = Path(spec[len('local-dir:'):] if spec.startswith('local-dir:') else spec)
-    if spec.startswith('hf-hub:'):
-        try:
-            model = timm.create_model(spec, pretrained=True, **create_kwargs)
-        except Exception as e:  # network, auth and 404 errors come from several libraries
-            raise UserError(f'cannot load {spec} from the Hugging Face Hub ({type(e).__name__}: '
-                            f'{str(e).splitlines()[0][:200] if str(e) else ""}): check the repo id, '
-                            f'your network / HF_TOKEN, or use HF_HUB_OFFLINE=1 with a cached copy') from None
-        source = _hub_revision(spec[len('hf-hub:'):])
-        return model.eval(), {**source, 'model_kwargs': {**source.get('model_kwargs', {}), **kwargs}}
-    if path.is_dir():
-        try:
-            model = timm.create_model(f'local-dir:{path}', pretrained=True, **create_kwargs)
-        except Exception as e:
-            raise UserError(f'{path}: not a timm model folder ({type(e).__name__}: {e}): it needs config.json and '
-                            f'model.safetensors as `timm-prelu push --dry-run` writes them') from None
-        weights = path / 'model.safetensors'
-        recorded = _config_model_args(path / 'config.json')
-        return model.eval(), {'kind': 'local-dir', 'folder': str(path), 'model_kwargs': {**recorded, **kwargs},
-                       **({'sha256': _sha256(weights)} if weights.is_file() else {})}
-    if path.is_file():
-        return _checkpoint_model(path, model_name, kwargs, num_classes)
-    if spec.endswith(CHECKPOINT_SUFFIXES) or os.sep in spec:
-        raise UserError(f'{spec}: no such file or folder: check the path')
-    if not timm.is_model(spec):
-        names = ', '.join(timm.list_models('prelu_*'))
-        raise UserError(f'unknown model {spec!r}: use a registered name ({names}), an hf-hub: id or a checkpoint file')
-    try:
-        model = timm.create_model(spec, pretrained=pretrained, **create_kwargs)
-    except Exception as e:
-        raise UserError(f'cannot build {spec} with {create_kwargs} ({type(e).__name__}: {e}): '
-                        f'check the model kwargs, or drop --pretrained if its weights are not published') from None
-    if not pretrained:
-        return model.eval(), {'kind': 'random-init', 'model_kwargs': kwargs}
-    hub_id = model.pretrained_cfg.get('hf_hub_id')
-    source = _hub_revision(hub_id) if hub_id else {'kind': 'pretrained', 'url': model.pretrained_cfg.get('url')}
-    return model.eval(), {**source, 'tag': model.pretrained_cfg.get('tag'),
-                          'model_kwargs': {**source.get('model_kwargs', {}), **kwargs}}
+    """(model, source facts) of ``timm_prelu.sources.resolve_model``; kept for callers of the old name."""
+    resolved = _resolve(spec, model_name=model_name, model_kwargs=model_kwargs, num_classes=num_classes,
+                        pretrained=pretrained)
+    return resolved.model, resolved.source_info()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -391,15 +252,17 @@ def export_onnx(
         model_kwargs: Optional[Dict[str, Any]] = None,
         num_classes: Optional[int] = None,
         pretrained: bool = False,
-        label_names: Optional[Sequence[str]] = None,
+        label_names: Union[Sequence[str], str, os.PathLike, None] = None,
         input_size: Optional[int] = None,
         verify: bool = True,
         overwrite: bool = False,
+        use_ema: bool = False,
 ) -> OnnxExport:
     """Export a PReLU-net to ONNX with dynamic batch, height and width; atomically, checked, with metadata.
 
     Args:
-        model_or_name: A model, timm name, 'hf-hub:' id, hub-layout folder or checkpoint (see ``resolve_model``).
+        model_or_name: A model, timm name, 'hf-hub:' id, hub-layout folder or checkpoint
+            (see :func:`timm_prelu.sources.resolve_model`).
         path: The model graph's file (image -> logits); ``split`` adds ``<stem>.backbone.onnx`` / ``.head.onnx``.
         opset: ONNX opset (default: torch's default, 20 for torch 2.14 / 18 and up are fine).
         fp16: Half-precision weights and compute behind float32 inputs/outputs (for GPUs; CPU runs it slowly).
@@ -408,10 +271,12 @@ def export_onnx(
         model_kwargs: ``timm.create_model`` kwargs (e.g. ``width_mult=0.125, fc_dim=64``).
         num_classes: Classifier size when building by name.
         pretrained: Load the pretrained weights of a plain model name.
-        label_names: Class names in class-index order, stored in the metadata.
+        label_names: Class names in class-index order (a list, a text file or an ImageFolder), stored in the
+            metadata; default: the source's own.
         input_size: Training image size (sets pretrained_cfg input_size, hence the dense window = size / 16).
         verify: Run each written graph once in ONNX Runtime against PyTorch before keeping it.
         overwrite: Replace existing files at the output paths if timm-prelu exported them (never other files).
+        use_ema: Export the EMA weights of a train.py checkpoint.
 
     Returns:
         The paths written (``OnnxExport``).
@@ -420,8 +285,9 @@ def export_onnx(
     source_path = model_or_name if isinstance(model_or_name, (str, os.PathLike)) and os.path.exists(model_or_name) \
         else None
     check_export_destination(path, split=split, overwrite=overwrite, inputs=[source_path])
-    model, source = resolve_model(model_or_name, model_name=model_name, model_kwargs=model_kwargs,
-                                  num_classes=num_classes, pretrained=pretrained)
+    resolved = _resolve(model_or_name, model_name=model_name, model_kwargs=model_kwargs, num_classes=num_classes,
+                        labels=label_names, pretrained=pretrained, use_ema=use_ema)
+    model, source, label_names = resolved.model, resolved.source_info(), resolved.label_names
     for attr in ('forward_features', 'forward_head', 'num_features', 'num_classes'):
         if not hasattr(model, attr):
             raise UserError(f'{type(model).__name__} is not a PReLU-net (it lacks {attr}): export a prelu_model_*')
