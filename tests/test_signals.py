@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import pytest
 
@@ -85,6 +85,11 @@ def _signal_when_training(proc: subprocess.Popen, ready, signum: int, timeout_s:
     return tree
 
 
+def _partials(out: Path) -> List[Path]:
+    """The unfinished work folders of ``out`` (``<out>.partial-XXXXXX``)."""
+    return sorted(out.parent.glob(f'{out.name}.partial*'))
+
+
 def _assert_no_orphans(tree: Dict[int, int]) -> None:
     left = [pid for pid, start in tree.items() if _alive(pid, start)]
     assert not left, f'processes left running: {left}'
@@ -110,11 +115,12 @@ def test_train_stops_torchrun_and_its_workers(signum, code, digits_folder, train
 
 
 def test_demo_sigterm_stops_training_and_leaves_no_partial_output(tmp_path):
-    out, partial = tmp_path / 'run', tmp_path / 'run.partial'
+    out = tmp_path / 'run'
     proc = subprocess.Popen([sys.executable, '-c', CLI, 'demo', '--quick', '--out', str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
-        tree = _signal_when_training(proc, lambda: (partial / 'train').is_dir(), signal.SIGTERM)
+        tree = _signal_when_training(proc, lambda: any((p / 'train').is_dir() for p in _partials(out)),
+                                     signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -122,20 +128,20 @@ def test_demo_sigterm_stops_training_and_leaves_no_partial_output(tmp_path):
     assert proc.returncode == 143, stderr[-3000:]
     assert stderr.strip().splitlines()[-1] == 'timm-prelu demo: terminated by SIGTERM'
     _assert_no_orphans(tree)
-    assert not out.exists() and not partial.exists()
+    assert not out.exists() and not _partials(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_reproduce_sigterm_leaves_no_partial_output(tmp_path):
     # no child process here: SIGTERM must unwind the main process like Ctrl-C, so the unfinished folder goes
-    out, partial = tmp_path / 'depth', tmp_path / 'depth.partial'
+    out = tmp_path / 'depth'
     proc = subprocess.Popen([sys.executable, '-c', CLI, 'reproduce', 'depth', '--out', str(out), '--steps', '5000'],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         deadline = time.time() + 120
-        while not partial.is_dir() and time.time() < deadline and proc.poll() is None:
+        while not _partials(out) and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
-        assert partial.is_dir() and proc.poll() is None, 'the experiment never started'
+        assert _partials(out) and proc.poll() is None, 'the experiment never started'
         time.sleep(2)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)

@@ -2,7 +2,7 @@
 import argparse
 from pathlib import Path
 
-from ._args import add_model_source_args, check_output, parse_model_kwargs
+from ._args import add_model_source_args, check_output, parse_model_kwargs, resolve_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,11 +30,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help='replace existing output files, if timm-prelu exported them (never other files)')
     p.add_argument('--no-verify', dest='verify', action='store_false',
                    help='skip running each graph once in ONNX Runtime against PyTorch')
+    g = p.add_argument_group('the whole test protocol in one graph (uint8 HxWx3 image in, probabilities out)')
+    g.add_argument('--protocol', choices=('dense', 'ten_crop', 'full'), default=None,
+                   help='write one graph that resizes, normalises, flips, runs these views and averages them')
+    g.add_argument('--scales', type=int, nargs='+', default=[256, 384, 480], metavar='S',
+                   help='shorter-side sizes of the protocol graph (default: 256 384 480)')
+    g.add_argument('--no-flip', dest='flip', action='store_false', help='protocol graph: no horizontal flip')
+    g.add_argument('--crop-size', type=int, default=None, metavar='PX',
+                   help="protocol graph: the ten_crop crop and dense window in pixels (default: the model's input)")
     p.set_defaults(func=run)
+
+
+def run_protocol(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from ..onnx_model.protocol import export_protocol
+    if args.split or args.fp16:
+        raise ConfigError('a protocol graph is one fp32 graph: drop --split / --fp16', param='protocol')
+    check_output(args.output, '-o', kind='file', overwrite=args.overwrite,
+                 inputs=[args.model if Path(args.model).exists() else None, args.labels])
+    resolved = resolve_from_args(args, args.model, model_name=args.model_name)
+    path = export_protocol(resolved.model, args.output, protocol=args.protocol, scales=args.scales, flip=args.flip,
+                           crop_size=args.crop_size, label_names=resolved.label_names,
+                           model_name=resolved.model_name, opset=args.opset, overwrite=args.overwrite)
+    print(f'{resolved.model_name}: {args.protocol} views at scales {args.scales}, flip '
+          f'{"on" if args.flip or args.protocol == "ten_crop" else "off"}; labels: '
+          f'{"yes" if resolved.label_names else "none"}')
+    print(f'wrote {path} (input "image": uint8 [height, width, 3]; output "probs": float32 [classes])')
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from ..onnx_model.export import export_onnx
+    if args.protocol:
+        return run_protocol(args)
     from ..onnx_model.runtime import read_metadata
     check_output(args.output, '-o', kind='onnx', split=args.split, overwrite=args.overwrite,
                  inputs=[args.model if Path(args.model).exists() else None, args.labels])

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError, OnnxModelError
-from ..outputs import write_atomic
+from ..outputs import finished_output_file
 
 __all__ = ['PROTOCOLS', 'PROTOCOL_METADATA_KEY', 'DenseHead', 'ProtocolModel', 'export_protocol', 'spp_bins_of',
            'resize_shorter_side', 'five_crop_offsets']
@@ -235,13 +235,17 @@ def protocol_metadata(protocol: ProtocolModel, label_names: Optional[Sequence[st
 def export_protocol(model: nn.Module, path: Union[str, os.PathLike], protocol: str = 'dense',
                     scales: Sequence[int] = (256, 384, 480), flip: bool = True, crop_size: Optional[int] = None,
                     label_names: Optional[Sequence[str]] = None, model_name: str = '',
-                    opset: Optional[int] = None) -> Path:
+                    opset: Optional[int] = None, overwrite: bool = False) -> Path:
     """Write the protocol graph of ``model`` to ``path`` (complete or absent): uint8 image (H, W, 3) -> probs.
 
-    Height and width are named dynamic axes; the metadata key ``timm_prelu_protocol`` describes the call.
+    Height and width are named dynamic axes; the metadata key ``timm_prelu_protocol`` describes the call. An
+    existing file is replaced only with ``overwrite`` and only if timm-prelu wrote it.
     """
     import onnx
+    from .runtime import METADATA_KEY
     path = Path(path)
+    if path.suffix != '.onnx':
+        raise ConfigError(f'{path}: the output file must end in .onnx (e.g. model.protocol.onnx)', param='path')
     wrapped = ProtocolModel(model, protocol, scales, flip, crop_size).eval()
     if label_names is not None and len(label_names) != int(model.num_classes):
         raise ConfigError(f'{len(label_names)} label names for a model with {model.num_classes} classes',
@@ -259,7 +263,10 @@ def export_protocol(model: nn.Module, path: Union[str, os.PathLike], protocol: s
                              f'a PReLU-net with an SPP head', param='model') from e
     proto = program.model_proto
     meta = protocol_metadata(wrapped, label_names, model_name)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = PROTOCOL_METADATA_KEY, json.dumps(meta)
-    write_atomic(path, lambda tmp: onnx.save(proto, str(tmp)))
+    for key, value in ((METADATA_KEY, {'format': 1, 'graph': 'protocol', 'model_name': model_name}),
+                       (PROTOCOL_METADATA_KEY, meta)):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    with finished_output_file(path, overwrite, param='path') as tmp:
+        onnx.save(proto, str(tmp))
     return path
