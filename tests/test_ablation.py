@@ -76,10 +76,13 @@ def _runs(errors):
 def test_verdict_reads_the_gap_against_its_spread():
     clear = verdict(_runs({'relu': [10, 11, 12], 'prelu_shared': [8, 9, 10], 'prelu': [7, 8, 9]}))
     assert 'holds in the means over 3 seeds' in clear[0]
-    assert 'ReLU - PReLU channel-wise: +3.00 +- 0.00' in '\n'.join(clear) and 'beyond two' in clear[3]
+    assert 'ReLU - PReLU channel-wise: +3.00 +- 0.00' in '\n'.join(clear) and 'excludes 0' in clear[3]
     noisy = verdict(_runs({'relu': [10, 5, 12], 'prelu_shared': [11, 6, 8], 'prelu': [9, 9, 9]}))
-    assert 'does not hold' in noisy[0] and all('within two' in line for line in noisy[1:4])
+    assert 'does not hold' in noisy[0] and all('includes 0' in line for line in noisy[1:4])
     assert 'larger early, smaller deep' in noisy[-1]
+    # 3 seeds, differences +1, +2, +3: mean 2, standard error 1/sqrt(3), t(2 df) 4.303 -> [-0.48, +4.48]
+    spread = verdict(_runs({'relu': [11, 12, 13], 'prelu_shared': [10, 10, 10], 'prelu': [10, 10, 10]}))
+    assert '+2.00 +- 0.58' in spread[1] and '[-0.48, +4.48]' in spread[1] and 'includes 0' in spread[1]
     s = summarize(_runs({'relu': [10, 11, 12], 'prelu_shared': [8, 9, 10], 'prelu': [7, 8, 9]}))
     assert s['relu'].top1 == (11.0, 1.0)
 
