@@ -1,35 +1,81 @@
-"""`timm-prelu reproduce depth`: the paper's depth experiment (Figures 2-3) at CPU scale: plain 22- and 30-layer
-ReLU nets trained from scratch with He and with Xavier init; writes the loss curves (PNG, CSV) and a summary."""
+"""`timm-prelu reproduce depth|ablation`: the paper's experiments at CPU scale.
+
+depth: its depth experiment (Figures 2-3): plain 22- and 30-layer ReLU nets trained from scratch with He and with
+Xavier init; writes the loss curves (PNG, CSV) and a summary.
+ablation: its small-model comparison (Tables 1-2): ReLU vs channel-shared vs channel-wise PReLU over several seeds;
+writes the errors (mean +- sd), the learned slopes per layer, a plot and a verdict.
+"""
 import argparse
+
+# Defaults that differ by experiment; None on the command line means "the experiment's own".
+OUT_DEFAULTS = {'depth': 'output/depth_experiment', 'ablation': 'output/ablation'}
+DEPTH_ONLY = ('seed', 'depths', 'mode')
+ABLATION_ONLY = ('seeds', 'quick')
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..init.depth import DepthConfig
     defaults = DepthConfig()
     p = subparsers.add_parser(
-        'reproduce', help="reproduce the paper's depth experiment (He vs Xavier init, 22 / 30 layers)",
-        description='Train plain ReLU nets (no batch norm) of each depth from scratch on scikit-learn digits, once '
-                    'with He init and once with Xavier init, with the same data, batches and SGD; write '
-                    'depth_experiment.png (loss vs iteration), losses.csv and summary.md to --out.')
-    p.add_argument('experiment', choices=['depth'], help='the experiment to run')
-    p.add_argument('--out', default='output/depth_experiment', help='output folder (default: %(default)s)')
+        'reproduce', help="reproduce the paper's depth experiment (He vs Xavier init, 22 / 30 layers) or its "
+                          "small-model ablation (ReLU vs channel-shared vs channel-wise PReLU)",
+        description='depth: train plain ReLU nets (no batch norm) of each depth from scratch on scikit-learn digits, '
+                    'once with He init and once with Xavier init, with the same data, batches and SGD; write '
+                    'depth_experiment.png (loss vs iteration), losses.csv and summary.md to --out. '
+                    'ablation: train the paper\'s 14-layer small model (narrow) with ReLU, channel-shared and '
+                    'channel-wise PReLU on the same data, batches and step schedule for each of --seeds; write '
+                    'ablation.png, summary.md (10-view top-1 / top-5 error mean +- sd, slopes per layer, verdict) '
+                    'and runs.csv to --out.')
+    p.add_argument('experiment', choices=['depth', 'ablation'], help='the experiment to run')
+    p.add_argument('--out', default=None,
+                   help='output folder (default: output/depth_experiment, output/ablation)')
     p.add_argument('--overwrite', action='store_true',
                    help='replace --out if an earlier run wrote it (never a folder timm-prelu did not write)')
-    p.add_argument('--steps', type=int, default=defaults.steps, help='SGD iterations per run (default: %(default)s)')
-    p.add_argument('--seed', type=int, default=0, help='seed of the weights, the data split and the batches')
-    p.add_argument('--depths', type=int, nargs='+', default=[22, 30], help='depths (conv + fc layers) to train')
-    p.add_argument('--lr', type=float, default=defaults.lr, help='learning rate of every run (default: %(default)s)')
-    p.add_argument('--width', type=int, default=defaults.width,
-                   help='channels of the first stage; doubled at each of the 2 pools (default: %(default)s)')
-    p.add_argument('--mode', choices=('fan_in', 'fan_out'), default=defaults.init_mode,
-                   help="n of both init rules: k^2 c ('fan_in', He's forward case) or k^2 d ('fan_out', the "
-                        "backward case) (default: %(default)s)")
+    p.add_argument('--steps', type=int, default=None,
+                   help=f'SGD iterations per run (default: depth {defaults.steps}, ablation {_ablation().steps})')
+    p.add_argument('--seed', type=int, default=None, help='depth: seed of the weights, the data split and the batches '
+                                                          '(default: 0)')
+    p.add_argument('--depths', type=int, nargs='+', default=None,
+                   help='depth: depths (conv + fc layers) to train (default: 22 30)')
+    p.add_argument('--lr', type=float, default=None,
+                   help=f'learning rate of every run (default: depth {defaults.lr}, ablation {_ablation().lr})')
+    p.add_argument('--width', type=int, default=None,
+                   help=f'channels of the first stage; doubled at each of the 2 pools (default: depth '
+                        f'{defaults.width}, ablation {_ablation().width})')
+    p.add_argument('--seeds', type=int, nargs='+', default=None,
+                   help='ablation: seeds, each a data split, initial weights and batches shared by the three '
+                        'variants (default: 0 1 2)')
+    p.add_argument('--quick', action='store_true',
+                   help=f'ablation: a short run of a narrower model ({_ablation(quick=True).steps} iterations), '
+                        'what CI runs')
+    p.add_argument('--mode', choices=('fan_in', 'fan_out'), default=None,
+                   help="depth: n of both init rules: k^2 c ('fan_in', He's forward case) or k^2 d ('fan_out', the "
+                        f"backward case) (default: {defaults.init_mode})")
     p.add_argument('--threads', type=int, default=1,
                    help='torch threads; these convs are tiny, more threads mostly add overhead (default: 1)')
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import UserError
+    wrong = [name for name in (ABLATION_ONLY if args.experiment == 'depth' else DEPTH_ONLY)
+             if getattr(args, name) not in (None, False)]
+    if wrong:
+        raise UserError(f'--{wrong[0]} is not an option of the {args.experiment} experiment')
+    if args.out is None:
+        args.out = OUT_DEFAULTS[args.experiment]
+    if args.experiment == 'ablation':
+        return run_ablation(args)
+    from ..init.depth import DepthConfig
+    defaults = DepthConfig()
+    for name, value in (('steps', defaults.steps), ('lr', defaults.lr), ('width', defaults.width), ('seed', 0),
+                        ('depths', [22, 30]), ('mode', defaults.init_mode)):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return run_depth(args)
+
+
+def run_depth(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import torch
@@ -54,4 +100,45 @@ def run(args: argparse.Namespace) -> int:
     print(format_summary(runs, config, args.seed))
     out = Path(args.out)
     print(f'\nplot: {out / names["plot"]}\nlosses: {out / names["losses"]}\nsummary: {out / names["summary"]}')
+    return 0
+
+
+def _ablation(quick: bool = False):
+    from ..init.ablation import AblationConfig
+    return AblationConfig.quick() if quick else AblationConfig()
+
+
+def run_ablation(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    import torch
+    from ..errors import UserError
+    from ..init.ablation import format_summary, run_ablation as run_experiment, write_ablation
+    from ..outputs import finished_output_dir
+    from ._args import check_output
+    check_output(args.out, '--out', overwrite=args.overwrite)
+    if args.threads < 1:
+        raise UserError(f'--threads must be at least 1, got {args.threads}')
+    given = {k: v for k, v in (('steps', args.steps), ('lr', args.lr), ('width', args.width)) if v is not None}
+    if args.seeds is not None:
+        if len(set(args.seeds)) < 2:
+            raise UserError(f'--seeds needs at least 2 different seeds for a spread, got {args.seeds}')
+        given['seeds'] = tuple(dict.fromkeys(args.seeds))
+    if given.get('width', 1) < 1 or given.get('lr', 1) <= 0:
+        raise UserError(f'--width must be at least 1 and --lr positive, got {args.width} and {args.lr}')
+    config = replace(_ablation(args.quick), **given)
+    if config.steps < 50:
+        raise UserError(f'--steps {config.steps} is too few to train: use at least 50')
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        with finished_output_dir(args.out, overwrite=args.overwrite, kind='reproduce-ablation') as work:
+            runs = run_experiment(config)
+            names = {key: path.name for key, path in write_ablation(runs, work, config).items()}
+    finally:
+        torch.set_num_threads(threads)
+    print(format_summary(runs, config))
+    out = Path(args.out)
+    print(f'\nplot: {out / names["plot"]}\nruns: {out / names["runs"]}\nsummary: {out / names["summary"]}')
     return 0
