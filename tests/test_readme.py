@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -85,6 +86,16 @@ def scratch(tmp_path_factory, train_script):
         yield folder, env
 
 
+def _children_cpu_s() -> float:
+    """CPU seconds of finished child processes: with the wall time, shows what a block costs on a busy machine."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return float('nan')
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_page(page: Path, folder: Path, env: dict) -> None:
     scripts = folder.parent / f'{folder.name}-scripts'
     scripts.mkdir(exist_ok=True)
@@ -112,7 +123,9 @@ def run_page(page: Path, folder: Path, env: dict) -> None:
         script.write_text(code)
         command = [sys.executable, str(script)] if block.lang == 'python' else ['bash', '-euo', 'pipefail',
                                                                                  str(script)]
+        cpu, start = _children_cpu_s(), time.perf_counter()
         proc = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S)
+        print(f'readme-test: {block}: {time.perf_counter() - start:.1f} s wall, {_children_cpu_s() - cpu:.1f} s CPU')
         assert proc.returncode == 0, (f'{block} failed (exit {proc.returncode}):\n{code}\n--- output ---\n'
                                       f'{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
 
