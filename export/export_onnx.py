@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Export a PReLU-net to ONNX; the same as `timm-prelu export-onnx` (see --help).
 
-    python export/export_onnx.py prelu_model_c.in1k --pretrained -o c.onnx --split
+    python export/export_onnx.py output/train/EXPERIMENT/model_best.pth.tar -o model.onnx --split
 """
 import sys
 

@@ -7,9 +7,6 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Workplace copy of upstream train.py (unmodified, Apache-2.0); users point TIMM_TRAIN_SCRIPT at their checkout.
-SHARED_TRAIN_SCRIPT = REPO_ROOT.parent / 'shared' / 'pytorch-image-models' / 'train.py'
-os.environ.setdefault('TIMM_TRAIN_SCRIPT', str(SHARED_TRAIN_SCRIPT))
 
 # The narrow PReLU-net the tests train: the paper's structure at 1/8 width and a 64-wide fc head.
 TINY_MODEL = 'prelu_model_a'
@@ -29,9 +26,13 @@ def digits_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope='session')
 def train_script() -> Path:
-    path = Path(os.environ['TIMM_TRAIN_SCRIPT'])
-    if not path.is_file():
-        pytest.fail(f'upstream timm train.py not found at {path}: set TIMM_TRAIN_SCRIPT')
+    """Upstream timm train.py, found (or downloaded once) exactly as the package finds it for users.
+
+    Its path is then exported as $TIMM_TRAIN_SCRIPT, so the commands the tests start use the same file.
+    """
+    from timm_prelu.training.train_script import TRAIN_SCRIPT_ENV, find_train_script
+    path = find_train_script()
+    os.environ[TRAIN_SCRIPT_ENV] = str(path)
     return path
 
 

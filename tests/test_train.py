@@ -16,7 +16,7 @@ import timm_prelu  # noqa: F401
 from timm_prelu.cli import main as cli_main
 from timm_prelu.errors import ConfigError, UserError
 from timm_prelu.training.launcher import (
-    build_train_command, find_recipe, find_train_script, list_recipes, load_recipe, parse_train_args,
+    build_train_command, find_recipe, list_recipes, load_recipe, parse_train_args,
     train_option_names)
 
 from conftest import REPO_ROOT, TINY_MODEL, train_py_args
@@ -187,30 +187,7 @@ def test_distributed_train_sh(tmp_path):
         '--data-dir', '/my data']
 
 
-# --- where train.py comes from ---
-
-def test_find_train_script_order(train_script, tmp_path, monkeypatch):
-    checkout = tmp_path / 'pytorch-image-models'
-    checkout.mkdir()
-    (checkout / 'train.py').write_text('')
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv('TIMM_TRAIN_SCRIPT', raising=False)
-    checkout = checkout.resolve()
-    assert find_train_script() == checkout / 'train.py'  # ./pytorch-image-models/train.py
-    monkeypatch.setenv('TIMM_TRAIN_SCRIPT', str(train_script))
-    assert find_train_script() == train_script.resolve()  # the environment beats the current directory
-    assert find_train_script(checkout) == checkout / 'train.py'  # an explicit path (here a checkout) beats both
-
-
-def test_missing_train_script_is_a_clear_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv('TIMM_TRAIN_SCRIPT', raising=False)
-    with pytest.raises(UserError, match='git clone https://github.com/huggingface/pytorch-image-models') as e:
-        find_train_script()
-    assert '--timm-script' in str(e.value) and 'TIMM_TRAIN_SCRIPT' in str(e.value)
-    assert cli_main(['train', '--timm-script', str(tmp_path / 'nope' / 'train.py'), '--', '--epochs', '1']) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and str(tmp_path / 'nope' / 'train.py') in err and 'git clone' in err
+# --- where train.py comes from: tests/test_train_script.py ---
 
 
 # --- the recipes ---

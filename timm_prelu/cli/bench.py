@@ -10,7 +10,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         'bench', help='benchmark PReLU vs ReLU, inference paths, efficiency, dense views, scaling',
         description='Runs every section in one process and writes BENCHMARKS.md, a CSV per table, PNG plots and '
-                    'results.json into --out. The full run takes about 15-20 minutes on 2 CPU cores.')
+                    'results.json into --out. The full run takes 9-20 minutes on 2 CPU cores.')
     p.add_argument('--device', default='cpu', choices=('cpu', 'cuda'), help='device to benchmark (default: cpu)')
     p.add_argument('--quick', action='store_true',
                    help='narrow networks, small inputs, few repeats: checks that everything runs (about a minute)')

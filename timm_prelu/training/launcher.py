@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 import yaml
 
 from ..errors import ConfigError, DatasetError, UserError
+from .train_script import TRAIN_SCRIPT_ENV, find_train_script  # re-exported: its home is train_script.py
 
 __all__ = [
     'TRAIN_SCRIPT_ENV', 'RECIPES_DIR', 'find_train_script', 'list_recipes', 'find_recipe', 'load_recipe',
@@ -24,40 +25,10 @@ __all__ = [
     'launch_training',
 ]
 
-TRAIN_SCRIPT_ENV = 'TIMM_TRAIN_SCRIPT'
 RECIPES_DIR = Path(__file__).resolve().parent / 'recipes'
 PLUGIN_MODULE = 'timm_prelu'
 
-_GET_TRAIN_SCRIPT = (
-    'get one with `git clone https://github.com/huggingface/pytorch-image-models`, then pass '
-    '--timm-script pytorch-image-models/train.py or set TIMM_TRAIN_SCRIPT to its path')
-
 PathLike = Union[str, os.PathLike]
-
-
-def _as_script(path: Path) -> Path:
-    """A train.py path from a path to the script or to a timm checkout."""
-    return path / 'train.py' if path.is_dir() else path
-
-
-def find_train_script(path: Optional[PathLike] = None) -> Path:
-    """Upstream timm ``train.py``: ``path`` (script or checkout), else $TIMM_TRAIN_SCRIPT, else
-    ``pytorch-image-models/train.py`` in the current directory.
-
-    Raises:
-        UserError: the script named is missing, or none was named and none is in the current directory.
-    """
-    for source, value in (('--timm-script', path), (TRAIN_SCRIPT_ENV, os.environ.get(TRAIN_SCRIPT_ENV))):
-        if value:
-            script = _as_script(Path(value).expanduser())
-            if not script.is_file():
-                raise UserError(f"timm's train.py not found at {script} (from {source}): {_GET_TRAIN_SCRIPT}")
-            return script.resolve()
-    script = Path.cwd() / 'pytorch-image-models' / 'train.py'
-    if script.is_file():
-        return script.resolve()
-    raise UserError(f"timm's train.py not found (no --timm-script, no {TRAIN_SCRIPT_ENV}, no "
-                    f"./pytorch-image-models/train.py): {_GET_TRAIN_SCRIPT}")
 
 
 def list_recipes() -> List[str]:
