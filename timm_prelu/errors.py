@@ -9,7 +9,7 @@ from typing import Optional
 __all__ = [
     'TimmPreluError', 'UserError', 'ModelSourceError', 'CheckpointError', 'PretrainedMismatchError', 'HubError',
     'HubFileNotFoundError', 'OnnxModelError', 'ImageError', 'DatasetError', 'OutputError', 'TrainScriptError',
-    'InputSizeError', 'ConfigError',
+    'InputSizeError', 'ConfigError', 'TrainingError',
 ]
 
 
@@ -66,6 +66,10 @@ class OutputError(TimmPreluError, OSError):
 
 class TrainScriptError(TimmPreluError, FileNotFoundError):
     """timm's ``train.py`` cannot be found or fetched."""
+
+
+class TrainingError(TimmPreluError, RuntimeError):
+    """A training run (timm's ``train.py``) that ended with an error or logged too little to use."""
 
 
 class InputSizeError(TimmPreluError, ValueError):

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ..errors import UserError
+from ..errors import ConfigError
 from .inference_paths import PATHS, ModelSpec, efficiency_rows, inference_paths
 from .machine import describe_machine, model_label
 from .matmul_peak import matmul_peak
@@ -79,10 +79,11 @@ class _Progress:
 
 def _check_device(device: str) -> str:
     if device not in ('cpu', 'cuda'):
-        raise UserError(f"unknown --device {device!r}: choose 'cpu' or 'cuda'")
+        raise ConfigError(f"unknown device {device!r}: choose 'cpu' or 'cuda'", param='device')
     if device == 'cuda' and not torch.cuda.is_available():
-        raise UserError('--device cuda, but PyTorch sees no CUDA device (torch.cuda.is_available() is False): run '
-                        'on a machine with an NVIDIA GPU and a CUDA build of PyTorch, or use --device cpu')
+        raise ConfigError("device 'cuda', but PyTorch sees no CUDA device (torch.cuda.is_available() is False): run "
+                          "on a machine with an NVIDIA GPU and a CUDA build of PyTorch, or use device 'cpu'",
+                          param='device')
     return device
 
 
@@ -157,18 +158,18 @@ def run_benchmarks(
     device = _check_device(device)
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown or not sections:
-        raise UserError(f'unknown section(s) {unknown}: choose from {", ".join(SECTIONS)}')
+        raise ConfigError(f'unknown section(s) {unknown}: choose from {", ".join(SECTIONS)}', param='sections')
     if device == 'cpu':
         gpu_only = [s for s in sections if s in GPU_ONLY_SECTIONS]
         if gpu_only and list(sections) != list(SECTIONS):
-            raise UserError(f'section(s) {", ".join(gpu_only)} run on a GPU only: add --device cuda, or leave '
-                            f'them out of --sections')
+            raise ConfigError(f'section(s) {", ".join(gpu_only)} run on a GPU only: use device \'cuda\', or '
+                              f'leave them out of the sections', param='sections')
         sections = [s for s in sections if s not in GPU_ONLY_SECTIONS]
     out = Path(out)
     check_destination(out, overwrite=overwrite)  # before any work: a report folder is replaced as a whole
     if threads is not None:
         if threads < 1:
-            raise UserError(f'--threads must be at least 1, got {threads}')
+            raise ConfigError(f'threads must be at least 1, got {threads}', param='threads')
         torch.set_num_threads(threads)
     settings = profile_settings(quick)
     machine = describe_machine(device)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ..errors import UserError
+from ..errors import TrainingError
 
 __all__ = ['train_command', 'parse_train_rates', 'train_throughput']
 
@@ -65,10 +65,10 @@ def train_throughput(
         proc = run_captured(cmd, timeout_s=timeout_s, cwd=workdir)  # stopped with its loader workers if we are
         log = proc.stdout + proc.stderr
         if proc.returncode != 0:
-            raise UserError(f'train.py failed for {model} (exit {proc.returncode}): {log.strip()[-400:]}')
+            raise TrainingError(f'train.py failed for {model} (exit {proc.returncode}): {log.strip()[-400:]}')
         rates = parse_train_rates(log)
         if len(rates) < 2:
-            raise UserError(f'train.py logged {len(rates)} training rates for {model}: too few to measure; '
+            raise TrainingError(f'train.py logged {len(rates)} training rates for {model}: too few to measure; '
                             f'raise the epochs or lower --log-interval')
         steady = rates[1:]
         rows.append(dict(model=model, batch=batch_size, img_size=img_size, flags='--amp --channels-last',

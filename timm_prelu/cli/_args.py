@@ -12,6 +12,9 @@ __all__ = ['parse_model_kwargs', 'add_model_source_args', 'resolve_from_args', '
 PARAM_FLAGS = {
     'model_kwargs': '--model-kwargs', 'num_classes': '--num-classes', 'labels': '--labels', 'use_ema': '--use-ema',
     'model_name': '--model', 'pretrained': '--pretrained', 'repo_id': '--repo-id', 'out': '--out',
+    'device': '--device', 'sections': '--sections', 'threads': '--threads', 'views': '--views', 'scales': '--scales',
+    'steps': '--steps', 'example_input': '--img-size', 'opset': '--opset', 'protocol': '--protocol',
+    'providers': '--providers', 'flip': '--no-flip', 'crop_size': '--crop-size',
 }
 
 

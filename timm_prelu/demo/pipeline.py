@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import CheckpointError, TrainingError
 from ..inference.evaluation import MULTI_SCALE
 from ..inference.tables import twin_table4_markdown
 from ..outputs import check_destination, finished_output_dir, save_figure
@@ -127,7 +127,7 @@ def _run_train(cfg: DemoConfig, data: Path, out: Path, act: str) -> Path:
             code = proc.wait()
     if code != 0:
         tail = ''.join(log_path.read_text().splitlines(keepends=True)[-15:])
-        raise UserError(f'train.py failed for {act} (exit {code}); last lines of {log_path}:\n{tail}')
+        raise TrainingError(f'train.py failed for {act} (exit {code}); last lines of {log_path}:\n{tail}')
     return out / act
 
 
@@ -160,7 +160,7 @@ def _load_back(cfg: DemoConfig, hub_dir: Path, checkpoint: Path, act: str, x) ->
     with torch.no_grad():
         diff = (trained(x) - loaded(x)).abs().max().item()
     if diff != 0.0:
-        raise UserError(f'the hub folder in {hub_dir} does not reproduce the trained {act} model (max |diff| {diff})')
+        raise CheckpointError(f'the hub folder in {hub_dir} does not reproduce the trained {act} model (max |diff| {diff})')
     return {'max_abs_logit_diff': diff}
 
 

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import DatasetError, UserError
+from ..errors import DatasetError
 from .folders import ImageFolderListing, walk_imagefolder
 from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, load_image
 from .predictor import MultiScalePredictor
@@ -221,7 +221,7 @@ def evaluate_folder(
         bar.set_postfix(top1_err=f'{100.0 * (1 - correct / len(targets)):.1f}%', skipped=len(skipped))
     bar.close()
     if not targets:
-        raise UserError(f'{data}: none of the {len(samples)} images could be read ({skipped[0][1] if skipped else ""})'
+        raise DatasetError(f'{data}: none of the {len(samples)} images could be read ({skipped[0][1] if skipped else ""})'
                         f': check the folder')
     topk_idx_arr, targets_arr = np.stack(topk_idx), np.asarray(targets, dtype=np.int64)
     rows = error_table(topk_idx_arr, targets_arr, views, scales)

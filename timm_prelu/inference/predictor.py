@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError, OnnxModelError, UserError
 from .images import ImageError
 
 __all__ = [
@@ -224,7 +224,8 @@ class OnnxBackend:
 
     def features(self, x: np.ndarray) -> np.ndarray:
         if self.backbone is None:
-            raise UserError('dense views need the split graphs: export with `timm-prelu export-onnx ... --split`')
+            raise OnnxModelError('dense views need the split graphs (backbone and head): export with split=True',
+                                 param='views')
         return self.backbone.run(x)
 
     def map_logits(self, features: np.ndarray) -> np.ndarray:
@@ -297,22 +298,22 @@ class MultiScalePredictor:
         self.views = (views,) if isinstance(views, str) else tuple(views)
         bad = [v for v in self.views if v not in VIEWS]
         if bad or not self.views:
-            raise UserError(f'unknown view {bad or self.views}: choose from {", ".join(VIEWS)}')
+            raise ConfigError(f'unknown view {bad or self.views}: choose from {", ".join(VIEWS)}', param='views')
         if 'ten_crop' in self.views and not flip:
             raise ConfigError("the 'ten_crop' view includes the horizontal flips of its five crops: keep flip=True, "
                               "or use the 'center' view for unflipped crops", param='flip')
         if 'dense' in self.views and not backend.supports_dense:
-            raise UserError('dense views need the backbone and head graphs: export with `timm-prelu export-onnx '
-                            '... --split` (they are written beside the model graph and found automatically)')
+            raise OnnxModelError('dense views need the backbone and head graphs: export with split=True (they are '
+                                 'written beside the model graph and found automatically)', param='views')
         if isinstance(scales, (str, bytes)) or not all(isinstance(s, (int, np.integer)) and s > 0 for s in scales):
             raise ConfigError(f'scales must be positive integers (pixels), got {scales!r}', param='scales')
         self.scales = tuple(int(s) for s in scales)
         if not self.scales:
-            raise UserError('give at least one scale')
+            raise ConfigError('give at least one scale', param='scales')
         too_small = [s for s in self.scales if s < backend.min_input_size]
         if too_small:
-            raise UserError(f'scale(s) {too_small} are below the network\'s minimum input of '
-                            f'{backend.min_input_size} px: use larger scales')
+            raise ConfigError(f'scale(s) {too_small} are below the network\'s minimum input of '
+                              f'{backend.min_input_size} px: use larger scales', param='scales')
         cfg = backend.pretrained_cfg
         self.mean = np.asarray(cfg.get('mean', (0.485, 0.456, 0.406)), dtype=np.float32).reshape(3, 1, 1)
         self.std = np.asarray(cfg.get('std', (0.229, 0.224, 0.225)), dtype=np.float32).reshape(3, 1, 1)

@@ -31,7 +31,7 @@ Scaled down, each for CPU minutes on scikit-learn's 1,797 digits:
 import csv
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError
 from .rules import init_weights_
 from ..outputs import save_figure
 from .plain_net import PlainNet
@@ -178,7 +178,8 @@ def run_depth_experiment(
     """Train every (depth, rule) pair on the same data, batches and seed."""
     from ..progress import progress
     if config.steps < 50:
-        raise UserError(f'--steps {config.steps} is too few to tell converging from stalling: use at least 50')
+        raise ConfigError(f'steps={config.steps} is too few to tell converging from stalling: use at least 50',
+                          param='steps')
     data = digits_tensors(config.img_size, seed=seed)
     runs = []
     with progress(total=config.steps * len(depths) * len(rules), desc='depth experiment', unit='it',

@@ -11,7 +11,7 @@ from typing import Any, List
 import torch
 import torch.nn as nn
 
-from ..errors import UserError
+from ..errors import ConfigError, ModelSourceError
 from ..layers import create_rectifier, he_init_layer_, rectifier_slope
 
 __all__ = ['PlainNet', 'PLAIN_NET_NAME', 'create_plain_net', 'is_plain_net_name']
@@ -104,8 +104,8 @@ def create_plain_net(name: str, **kwargs: Any) -> PlainNet:
     """``PlainNet(depth=N, **kwargs)`` for a name 'plainN' (e.g. 'plain30')."""
     match = PLAIN_NET_NAME.match(name)
     if match is None:
-        raise UserError(f'{name!r} is not a plain net name: use plainN, e.g. plain30')
+        raise ModelSourceError(f'{name!r} is not a plain net name: use plainN, e.g. plain30', param='model')
     try:
         return PlainNet(depth=int(match.group(1)), **kwargs)
     except (TypeError, ValueError) as e:
-        raise UserError(f'cannot build {name}: {e}') from None
+        raise ConfigError(f'cannot build {name}: {e}', param='model_kwargs') from e

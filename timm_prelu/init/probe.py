@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ..errors import UserError
+from ..errors import ModelSourceError
 from .rules import LAYER_TYPES, InitReport, init_weights_
 from ..outputs import save_figure
 
@@ -41,7 +41,7 @@ def _first_tensor(out: Any) -> torch.Tensor:
         return _first_tensor(out[0])
     if isinstance(out, Mapping) and out:
         return _first_tensor(next(iter(out.values())))
-    raise UserError(f'the model returned {type(out).__name__}, not a tensor: the probe needs a tensor output')
+    raise ModelSourceError(f'the model returned {type(out).__name__}, not a tensor: the probe needs a tensor output')
 
 
 def probe_variance(
@@ -67,7 +67,7 @@ def probe_variance(
         with torch.enable_grad():
             out = _first_tensor(model(x))
             if not records:
-                raise UserError(f'{type(model).__name__} ran no conv or linear layer: nothing to probe')
+                raise ModelSourceError(f'{type(model).__name__} ran no conv or linear layer: nothing to probe')
             grad = torch.randn(out.shape, generator=generator, dtype=out.dtype).to(out.device)
             grads = torch.autograd.grad(out, [r[2] for r in records], grad, allow_unused=True)
     finally:

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from ..errors import UserError
+from ..errors import ConfigError, InputSizeError, ModelSourceError
 from ..layers.he_init import fan, he_std
 from ..layers.spp import SpatialPyramidPool
 
@@ -291,7 +291,7 @@ def default_input(model: nn.Module) -> torch.Tensor:
     if isinstance(first, nn.modules.conv._ConvNd):
         spatial = len(first.kernel_size)
         return torch.randn(1, first.in_channels, *([32] * spatial), device=device)
-    raise UserError(f'{type(model).__name__} has no conv or linear layer to initialise')
+    raise ModelSourceError(f'{type(model).__name__} has no conv or linear layer to initialise', param='model')
 
 
 class _Walker:
@@ -415,9 +415,9 @@ def find_rectifiers(model: nn.Module, example_input: Optional[torch.Tensor] = No
     try:
         graph = _ExecutionTracer(model).run(example_input)
     except Exception as e:  # any model error: the input does not fit
-        raise UserError(f'{type(model).__name__} failed on an input of shape {tuple(example_input.shape)} '
+        raise InputSizeError(f'{type(model).__name__} failed on an input of shape {tuple(example_input.shape)} '
                         f'({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ""}): pass '
-                        f'example_input, a batch the model accepts (CLI: --img-size)') from e
+                        f'example_input, a batch the model accepts', param='example_input') from e
     walker = _Walker(model)
     found: Dict[str, List[LayerRectifiers]] = {}
     for node in graph.nodes:
@@ -466,7 +466,7 @@ def _check_materialised(model: nn.Module) -> None:
     lazy = [n for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)
             and isinstance(m.weight, nn.parameter.UninitializedParameter)]
     if lazy:
-        raise UserError(f'layers {", ".join(lazy[:5])} are lazy and not built yet: run one forward pass first')
+        raise ModelSourceError(f'layers {", ".join(lazy[:5])} are lazy and not built yet: run one forward pass first')
 
 
 def he_init_(
@@ -504,7 +504,7 @@ def he_init_(
         plan.append((name, layer, slope, source, note))
     missing = [f'{name} ({note})' for name, _, slope, _, note in plan if slope is None]
     if missing and unmatched == 'error':
-        raise UserError(f'no rectifier found for {len(missing)} layers: {"; ".join(missing[:5])}. '
+        raise ConfigError(f'no rectifier found for {len(missing)} layers: {"; ".join(missing[:5])}. '
                         f"Pass unmatched='relu', 'linear' or 'skip' to initialise them anyway")
     if missing:
         warnings.warn(f'he_init_: no rectifier found for {len(missing)} layers, '

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import torch.nn as nn
 
-from ..errors import ConfigError, OutputError
+from ..errors import ConfigError
 
 __all__ = ['LayerSlopes', 'layer_slopes', 'load_slopes', 'format_slopes', 'plot_slopes']
 

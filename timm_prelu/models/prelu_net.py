@@ -35,7 +35,7 @@ from timm.models import (
     build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model, resolve_pretrained_cfg)
 from timm.models._features import feature_take_indices
 
-from ..errors import ModelSourceError, PretrainedMismatchError, UserError
+from ..errors import ModelSourceError, PretrainedMismatchError
 from ..layers import SPP_BINS, SpatialPyramidPool, create_rectifier, he_init_layer_, rectifier_slope
 
 __all__ = ['PReLUNet', 'HUB_ORG', 'PUBLISHED_TAGS', 'INIT_MODES', 'FC_INITS', 'min_input_size', 'checkpoint_filter_fn',

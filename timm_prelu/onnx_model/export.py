@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ..errors import OutputError, UserError
+from ..errors import ConfigError, ModelSourceError, OnnxModelError, OutputError
 from ..inference.predictor import receptive_field
 from ..outputs import check_destination, final_data, finished_output_files
 from ..sources.resolve import resolve_model as _resolve
@@ -139,8 +139,8 @@ def _export_graph(module: nn.Module, example: torch.Tensor, arg_name: str, outpu
             module, (example,), dynamo=True, opset_version=opset, dynamic_shapes={arg_name: dims},
             output_names=[output_name], verbose=False)
     except Exception as e:
-        raise UserError(f'torch.onnx.export failed ({type(e).__name__}: {str(e).splitlines()[0][:300]}): '
-                        f'check the opset (--opset) and that the model is a PReLU-net') from e
+        raise OnnxModelError(f'torch.onnx.export failed ({type(e).__name__}: {str(e).splitlines()[0][:300]}): '
+                        f'check the opset and that the model is a PReLU-net', param='opset') from e
     return program.model_proto
 
 
@@ -180,8 +180,8 @@ def _pretrained_cfg(model: nn.Module, source: Dict[str, Any], label_names: Optio
     if label_names is not None:
         label_names = [str(n) for n in label_names]
         if len(label_names) != num_classes:
-            raise UserError(f'{len(label_names)} label names given for a model with {num_classes} classes: '
-                            f'give exactly one name per class')
+            raise ConfigError(f'{len(label_names)} label names given for a model with {num_classes} classes: '
+                            f'give exactly one name per class', param='labels')
         cfg['label_names'] = label_names
         cfg.pop('label_descriptions', None)
     elif cfg.get('label_names') is not None and len(cfg['label_names']) != num_classes:
@@ -237,7 +237,7 @@ def _verify(path: Path, model: nn.Module, graph: str, fp16: bool, example: torch
     err = float(abs(out - ref).max())
     tol = (2e-2 if fp16 else 1e-3) * max(1.0, float(abs(ref).max()))
     if out.shape != ref.shape or not err <= tol:
-        raise UserError(f'the exported {graph} graph does not match PyTorch (max abs diff {err:.3g} > {tol:.3g}): '
+        raise OnnxModelError(f'the exported {graph} graph does not match PyTorch (max abs diff {err:.3g} > {tol:.3g}): '
                         f'report this with your torch / onnxscript versions')
 
 
@@ -290,7 +290,8 @@ def export_onnx(
     model, source, label_names = resolved.model, resolved.source_info(), resolved.label_names
     for attr in ('forward_features', 'forward_head', 'num_features', 'num_classes'):
         if not hasattr(model, attr):
-            raise UserError(f'{type(model).__name__} is not a PReLU-net (it lacks {attr}): export a prelu_model_*')
+            raise ModelSourceError(f'{type(model).__name__} is not a PReLU-net (it lacks {attr}): export a prelu_model_*',
+                                   param='model')
     path = Path(path)
     name = getattr(model, 'pretrained_cfg', {}).get('architecture') or model_name or type(model).__name__
     # a source inside an output being written (a hub folder in the demo's) is recorded where it will be when finished

@@ -69,7 +69,7 @@ def select_providers(request: Union[str, Sequence[str]] = 'auto',
                if CUDA in missing else 'install an onnxruntime build that has it')
         raise OnnxModelError(
             f'ONNX Runtime provider {", ".join(missing)} is not installed (this onnxruntime has: '
-            f'{", ".join(available)}): {fix}, or use --provider cpu / auto', param='providers')
+            f'{", ".join(available)}): {fix}, or use providers \'cpu\' / \'auto\'', param='providers')
     if CUDA in requested and CPU not in requested:
         requested.append(CPU)  # ORT keeps nodes CUDA cannot run (shape ops) on the CPU
     return requested
@@ -306,7 +306,7 @@ class OnnxModel:
             if isinstance(providers, str) and providers.lower() == 'auto':
                 self.notes.append(msg + '; running on CPU')
             else:
-                raise OnnxModelError(f'{self.path}: {msg}; or use --provider cpu', param='providers')
+                raise OnnxModelError(f'{self.path}: {msg}; or use providers=\'cpu\'', param='providers')
         self.device_id = device_id
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         try:

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import yaml
 
-from ..errors import ConfigError, DatasetError, UserError
+from ..errors import ConfigError, DatasetError
 from .train_script import TRAIN_SCRIPT_ENV, find_train_script  # re-exported: its home is train_script.py
 
 __all__ = [
