@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from timm_prelu.cli import main
+from timm_prelu.outputs import MARKER_NAME
 from timm_prelu.init.ablation import (
     LAYERS, AblationRun, SmallNet, _random_crops, summarize, ten_view_scores, verdict,
 )
@@ -91,7 +92,7 @@ def test_quick_run_learns_and_writes_consistent_outputs(tmp_path, capsys):
     out = tmp_path / 'ablation'
     assert main(['reproduce', 'ablation', '--quick', '--out', str(out)]) == 0
     printed = capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ['ablation.png', 'runs.csv', 'summary.md']
+    assert sorted(p.name for p in out.iterdir()) == [MARKER_NAME, 'ablation.png', 'runs.csv', 'summary.md']
     assert (out / 'ablation.png').read_bytes()[:4] == b'\x89PNG'
     summary = (out / 'summary.md').read_text()
     assert summary.strip() in printed

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..layers import create_rectifier, rectifier_slope
 from ..outputs import save_figure, write_atomic
+from .depth import sgd_step, shuffled_batches
 
 __all__ = ['VARIANTS', 'SmallNet', 'AblationConfig', 'AblationRun', 'train_small_net', 'ten_view_scores',
            'run_ablation', 'summarize', 'verdict', 'format_summary', 'plot_ablation', 'write_ablation']
@@ -224,20 +225,12 @@ def train_small_net(variant: str, data: Tuple[torch.Tensor, ...], config: Ablati
     gen = torch.Generator().manual_seed(seed)  # the same batches, crops and flips for every variant
     torch.manual_seed(seed)  # dropout masks
     run = AblationRun(variant, seed)
-    order, pos = torch.randperm(len(x_train), generator=gen), 0
     model.train()
-    for step in range(config.steps):
+    for step, idx in zip(range(config.steps), shuffled_batches(len(x_train), config.batch_size, gen)):
         for group in optimizer.param_groups:
             group['lr'] = _lr_at(step, config)
-        if pos + config.batch_size > len(order):
-            order, pos = torch.randperm(len(x_train), generator=gen), 0
-        idx = order[pos:pos + config.batch_size]
-        pos += config.batch_size
         loss = F.cross_entropy(model(_random_crops(x_train[idx], config.crop, gen)), y_train[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        run.losses.append(loss.item())
+        run.losses.append(sgd_step(optimizer, loss))
         if progress is not None:
             progress.update(1)
     model.eval()

@@ -24,7 +24,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -123,6 +123,22 @@ def digits_tensors(img_size: int = 16, seed: int = 0, val_fraction: float = 0.2
     return x[train], y[train], x[val], y[val]
 
 
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Indices of batches drawn without replacement; a new permutation when the rest is shorter than a batch."""
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for pos in range(0, n - batch_size + 1, batch_size):
+            yield order[pos:pos + batch_size]
+
+
+def sgd_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One optimiser step on ``loss``; returns its value."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def train_plain_net(
         depth: int,
         rule: str,
@@ -146,18 +162,9 @@ def train_plain_net(
                                 weight_decay=config.weight_decay)
     batches = torch.Generator().manual_seed(seed)  # the same batches for every depth and rule
     run = DepthRun(depth, rule)
-    order, pos = torch.randperm(len(x_train), generator=batches), 0
     model.train()
-    for step in range(config.steps):
-        if pos + config.batch_size > len(order):
-            order, pos = torch.randperm(len(x_train), generator=batches), 0
-        idx = order[pos:pos + config.batch_size]
-        pos += config.batch_size
-        loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        run.losses.append(loss.item())
+    for step, idx in zip(range(config.steps), shuffled_batches(len(x_train), config.batch_size, batches)):
+        run.losses.append(sgd_step(optimizer, F.cross_entropy(model(x_train[idx]), y_train[idx])))
         if progress is not None:
             progress.update(1)
             if step % 25 == 0:
