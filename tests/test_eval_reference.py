@@ -152,8 +152,7 @@ def test_ten_view_average_by_hand(model, photos):
 @pytest.fixture(scope='module')
 def hub_folder(tmp_path_factory):
     """A 7-class model published as a hub folder, the way `push` writes it, and the model itself."""
-    from timm_prelu.hub.publish import write_hub_folder
-    from timm_prelu.sources.checkpoints import read_checkpoint
+    from timm_prelu.hub import build_hub_folder
     torch.manual_seed(5)
     model = timm.create_model('prelu_model_a', num_classes=7, **KWARGS).eval()
     root = tmp_path_factory.mktemp('hub')
@@ -163,7 +162,7 @@ def hub_folder(tmp_path_factory):
     torch.save({'epoch': 1, 'arch': 'prelu_model_a', 'state_dict': model.state_dict(), 'args': args, 'version': 2},
                root / 'model_best.pth.tar')
     folder = root / 'published'
-    write_hub_folder(model, read_checkpoint(root / 'model_best.pth.tar'), folder, 'org/prelu_model_a.test')
+    build_hub_folder(root / 'model_best.pth.tar', folder, 'org/prelu_model_a.test')  # what push --dry-run writes
     return folder, model
 
 
