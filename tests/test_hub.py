@@ -267,8 +267,13 @@ def test_unknown_repo_revision_and_missing_weights(hub_server, pushed):
 
 
 def test_registry_tag_loads_its_hub_weights_and_names_a_class_mismatch(hub_server, pushed, trained_run, reference,
-                                                                       tmp_path):
-    # prelu_model_a.in1k's hf_hub_id is the pushed repo: its config supplies the kwargs and classes
+                                                                       tmp_path, monkeypatch):
+    # as once the tag is published: prelu_model_a.in1k's hf_hub_id is the pushed repo, whose config supplies the
+    # kwargs and classes
+    import dataclasses
+    from timm.models._registry import _model_pretrained_cfgs
+    tag = f'{trained_run["model"]}.in1k'
+    monkeypatch.setitem(_model_pretrained_cfgs, tag, dataclasses.replace(_model_pretrained_cfgs[tag], hf_hub_id=pushed))
     resolved = resolve_model(f'{trained_run["model"]}.in1k', pretrained=True)
     assert_same_model(resolved.model, reference)
     assert resolved.provenance.kind == 'pretrained' and resolved.provenance.repo_id == pushed

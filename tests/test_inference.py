@@ -81,12 +81,14 @@ def test_dense_windows_equal_the_network_on_image_crops_with_context(backends, p
     dense = backend.window_logits(feats, (4, 4)).reshape(len(positions), -1)
     chosen = [(0, 0), (0, 33), (21, 0), (21, 33), (10, 16), (11, 12)]  # corners and windows far from every border
     ref = dense[[positions.index(p) for p in chosen]]
-    assert np.abs(crop_window_logits(backend, x, (4, 4), chosen) - ref).max() <= TOL
-    # less context lets the crop's zero padding reach the window: the interior windows change
+    exact_err = np.abs(crop_window_logits(backend, x, (4, 4), chosen) - ref).max()
+    assert exact_err <= TOL
+    # less context lets the crop's zero padding reach the window: the interior windows change, by far more than
+    # the float error of the exact crops (one cell less moves only the edge of the receptive field)
     interior = chosen[4:]
     short = crop_window_logits(backend, x, (4, 4), interior, margin=backend.receptive_field.margin_cells - 1)
     naive = crop_window_logits(backend, x, (4, 4), interior, margin=0)
-    assert np.abs(short - ref[4:]).max() > 10 * TOL
+    assert np.abs(short - ref[4:]).max() > 20 * max(exact_err, 1e-6)
     assert np.abs(naive - ref[4:]).max() > 10 * TOL
 
 

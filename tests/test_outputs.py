@@ -229,15 +229,17 @@ def no_work(monkeypatch):
     import timm_prelu.benchmark as benchmark
     import timm_prelu.cli.eval as cli_eval
     import timm_prelu.demo.pipeline as pipeline
-    import timm_prelu.hub.publish as publish
+    import timm_prelu.hub.folder as hub_folder
     import timm_prelu.init.depth as depth
+    import timm_prelu.sources as sources
+    import timm_prelu.sources.resolve as resolve
     import timm_prelu.init.probe as probe
     import timm_prelu.init.slopes as slopes
     import timm_prelu.onnx_model.export as export
     for module, name in ((timm, 'create_model'), (export, 'resolve_model'), (cli_eval, 'build_predictor'),
                          (pipeline, 'run_demo'), (benchmark, 'run_benchmarks'), (depth, 'run_depth_experiment'),
-                         (probe, 'create_model'), (slopes, 'load_slopes'), (publish, '_load_for_hub'),
-                         (publish, 'read_checkpoint')):
+                         (probe, 'create_model'), (slopes, 'load_slopes'), (hub_folder, 'load_for_hub'),
+                         (sources, 'resolve_model'), (resolve, 'resolve_model'), (export, '_resolve')):
         monkeypatch.setattr(module, name, forbidden(f'{module.__name__}.{name}'))
     return calls
 
@@ -281,9 +283,10 @@ def test_library_writers_check_before_their_work(tmp_path, monkeypatch):
     import timm_prelu.training.launcher as launcher
     from timm_prelu.demo.pipeline import DemoConfig, run_demo
     calls = []
-    for module, name in ((timm, 'create_model'), (export, 'resolve_model'), (publish, '_load_for_hub'),
+    import timm_prelu.hub.folder as hub_folder
+    for module, name in ((timm, 'create_model'), (export, '_resolve'), (hub_folder, 'load_for_hub'),
                          (launcher, 'find_train_script'), (runner, 'describe_machine'),
-                         (evaluation, 'list_imagefolder')):
+                         (evaluation, 'walk_imagefolder')):
         monkeypatch.setattr(module, name, lambda *a, _name=name, **k: calls.append(_name))
     user = _user_folder(tmp_path / 'user')
     prior = tmp_path / 'prior.onnx'

@@ -53,7 +53,8 @@ def check_output(path: str, flag: str, *, kind: str = 'dir', overwrite: bool = F
         else:
             check_destination(path, kind=kind, overwrite=overwrite, inputs=inputs)
     except OutputError as e:
-        raise OutputError(f'{flag} {e}'.replace(OVERWRITE_HINT, 'pass --overwrite'), param=e.param) from e
+        # the message names the flag itself (one destination parameter serves several flags)
+        raise OutputError(f'{flag} {e}'.replace(OVERWRITE_HINT, 'pass --overwrite')) from e
 
 
 def add_model_source_args(p: argparse.ArgumentParser, *, pretrained: bool = True, labels: bool = True,
