@@ -28,9 +28,10 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:
-    """``Type: first line`` of an exception: enough to tell what broke, without a library's advice paragraphs."""
+    """``Type: first sentence`` of an exception: enough to tell what broke, without a library's advice paragraphs."""
     text = [line for line in str(e).strip().splitlines() if line.strip()]
-    return f'{type(e).__name__}: {text[0][:limit]}' if text else type(e).__name__
+    first = text[0].split('. ')[0].rstrip('.')[:limit] if text else ''
+    return f'{type(e).__name__}: {first}' if first else type(e).__name__
 
 
 def format_kwargs(kwargs: Mapping[str, Any]) -> str:

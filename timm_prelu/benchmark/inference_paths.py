@@ -20,6 +20,7 @@ import timm
 import torch
 import torch.nn as nn
 
+from ..formatting import first_line
 from ..models.complexity import count_macs, count_params
 from .memory import peak_memory_mib
 from .timer import interleaved, sync_for
@@ -51,8 +52,7 @@ class _Runner:
 def _first_line(e: BaseException) -> str:
     if isinstance(e, ModuleNotFoundError) and e.name in ('onnx', 'onnxruntime', 'onnxscript'):
         return f"{e.name} is not installed: pip install 'timm-prelu[onnx]' (or [gpu] for CUDA)"
-    text = str(e).strip().splitlines()
-    return f'{type(e).__name__}: {text[0][:200]}' if text else type(e).__name__
+    return first_line(e)
 
 
 def _as_tensor(out: Any) -> torch.Tensor:

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
+from ..formatting import markdown_table
 from ..outputs import save_figure
 from .machine import machine_rows
 from .memory import MEMORY_METHOD
@@ -84,12 +85,9 @@ def format_value(value: Any) -> str:
 def render_table(key: str, rows: Sequence[Dict]) -> str:
     """A Markdown table of ``rows`` with the columns of ``TABLES[key]``, preceded by a marker naming its CSV."""
     csv_name, columns = TABLES[key]
-    lines = [f'<!-- table: {key} ({csv_name}) -->',
-             '| ' + ' | '.join(label for _, label in columns) + ' |',
-             '|' + '|'.join('---' for _ in columns) + '|']
-    for row in rows:
-        lines.append('| ' + ' | '.join(format_value(row.get(k)) for k, _ in columns) + ' |')
-    return '\n'.join(lines)
+    table = markdown_table([label for _, label in columns],
+                           [[format_value(row.get(k)) for k, _ in columns] for row in rows])
+    return f'<!-- table: {key} ({csv_name}) -->\n{table}'
 
 
 def _write_csv(path: Path, rows: Sequence[Dict], columns: Sequence[str]) -> None:

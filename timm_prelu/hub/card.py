@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch.nn as nn
 
-from ..sources.build import format_kwargs
+from ..formatting import format_kwargs
 from ..sources.checkpoints import TrainCheckpoint
 from ..sources.resolve import is_prelu_net
 

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import torch.nn as nn
 
+from ..formatting import markdown_table
 from ..errors import ConfigError
 
 __all__ = ['LayerSlopes', 'layer_slopes', 'load_slopes', 'format_slopes', 'plot_slopes']
@@ -58,9 +59,8 @@ def load_slopes(
 
 def format_slopes(rows: List[LayerSlopes]) -> str:
     """A Markdown table, one row per PReLU, by depth."""
-    lines = ['| depth | layer | channels | mean | min | max |', '|---|---|---|---|---|---|']
-    lines += [f'| {r.depth} | {r.name} | {r.channels} | {r.mean:.4f} | {r.min:.4f} | {r.max:.4f} |' for r in rows]
-    return '\n'.join(lines)
+    return markdown_table(['depth', 'layer', 'channels', 'mean', 'min', 'max'],
+                          [[r.depth, r.name, r.channels, f'{r.mean:.4f}', f'{r.min:.4f}', f'{r.max:.4f}'] for r in rows])
 
 
 def plot_slopes(rows: List[LayerSlopes], path: Union[str, os.PathLike], title: str = '') -> Path:

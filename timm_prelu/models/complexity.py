@@ -5,6 +5,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..formatting import markdown_table
+
 __all__ = ['PAPER_MACS', 'count_macs', 'count_params', 'count_depth', 'complexity_table', 'format_markdown_table']
 
 # Paper, Table 3: multiply-adds at 224 x 224.
@@ -57,7 +59,4 @@ def complexity_table(model_names: Sequence[str] = tuple(PAPER_MACS), img_size: i
 def format_markdown_table(rows: List[Dict]) -> str:
     """A list of same-keyed dicts as a Markdown table."""
     keys = list(rows[0])
-    lines = ['| ' + ' | '.join(keys) + ' |', '|' + '|'.join('---' for _ in keys) + '|']
-    for row in rows:
-        lines.append('| ' + ' | '.join('' if row[k] is None else str(row[k]) for k in keys) + ' |')
-    return '\n'.join(lines)
+    return markdown_table(keys, [['' if row[k] is None else str(row[k]) for k in keys] for row in rows])

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from ..formatting import first_line
 from ..errors import InputSizeError, OnnxModelError
 
 __all__ = [
@@ -185,7 +186,7 @@ def _parse_metadata(path: Path, props: Dict[str, str]) -> Dict[str, Any]:
         info = json.loads(props[METADATA_KEY])
         cfg = json.loads(props[PRETRAINED_CFG_KEY])
     except (json.JSONDecodeError, RecursionError) as e:
-        raise OnnxModelError(f'{path}: timm-prelu metadata is not valid JSON ({_first_line(e)}): re-export the model',
+        raise OnnxModelError(f'{path}: timm-prelu metadata is not valid JSON ({first_line(e)}): re-export the model',
                              param='path') from e
     if not isinstance(info, dict) or not isinstance(cfg, dict):
         raise OnnxModelError(f'{path}: timm-prelu metadata is malformed (not a JSON object): re-export the model',
@@ -213,11 +214,6 @@ def _metadata_error(path: Path, bad: _Bad) -> OnnxModelError:
     field_name, what = bad.args
     return OnnxModelError(f'{path}: metadata field {field_name} {what}: the file was altered or is not from '
                           f'timm-prelu; re-export the model', param='path')
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0][:300] if text else '') or type(e).__name__
 
 
 def _proto_shape(value_info: Any) -> Optional[List[Union[int, str]]]:
@@ -295,7 +291,7 @@ class OnnxModel:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=provider_args)
         except Exception as e:  # onnxruntime raises its own pybind types (InvalidProtobuf, Fail, ...)
             raise OnnxModelError(f'{self.path} is not a valid ONNX model for onnxruntime {ort.__version__} '
-                                 f'({_first_line(e)}): it is corrupt, truncated or needs a newer onnxruntime; '
+                                 f'({first_line(e)}): it is corrupt, truncated or needs a newer onnxruntime; '
                                  f're-export it', param='path') from e
         meta = self.session.get_modelmeta().custom_metadata_map
         self.info = _parse_metadata(self.path, dict(meta))
@@ -388,7 +384,7 @@ class OnnxModel:
             y = self.session.run([self.output_name], {self.input_name: x})[0]
         except _ort_errors() as e:  # evaluated only when something was raised
             raise OnnxModelError(f'{self.path}: onnxruntime cannot run the graph on an input of shape '
-                                 f'{tuple(x.shape)} ({_first_line(e)}): the file is corrupt or altered; re-export it',
+                                 f'{tuple(x.shape)} ({first_line(e)}): the file is corrupt or altered; re-export it',
                                  param='path') from e
         return self._check_output(y, x.shape[0])
 

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from ..formatting import first_line, format_kwargs
 from ..errors import CheckpointError, ConfigError, ModelSourceError, PretrainedMismatchError
 
 __all__ = ['check_model_name', 'check_model_kwargs', 'build_for_weights', 'check_state_dict_fits', 'format_kwargs',
@@ -20,10 +21,6 @@ __all__ = ['check_model_name', 'check_model_kwargs', 'build_for_weights', 'check
 
 MAX_VALUE_ITEMS = 64
 MAX_STR_CHARS = 256
-
-
-def format_kwargs(kwargs: Mapping[str, Any]) -> str:
-    return ', '.join(f'{k}={v!r}' for k, v in kwargs.items()) or 'default arguments'
 
 
 def _reserved_keys() -> frozenset:
@@ -132,13 +129,6 @@ def build_for_weights(
     del meta
     model = timm.create_model(name, pretrained=False, **kwargs, **extra)
     return model.eval()
-
-
-def first_line(e: BaseException) -> str:
-    """'Type: first sentence' of an exception: enough to tell what broke, without advice paragraphs."""
-    text = [line for line in str(e).strip().splitlines() if line.strip()]
-    first = text[0].split('. ')[0].rstrip('.')[:200] if text else ''
-    return f'{type(e).__name__}: {first}' if first else type(e).__name__
 
 
 def check_state_dict_fits(

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError, ConfigError
-from .build import first_line
+from ..formatting import first_line
 
 __all__ = ['TrainCheckpoint', 'read_checkpoint', 'create_model_from_checkpoint', 'CHECKPOINT_SUFFIXES']
 

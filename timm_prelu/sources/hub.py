@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Tuple, Union
 
 from ..errors import HubError, HubFileNotFoundError, TimmPreluError
-from .build import first_line
+from ..formatting import first_line
 
 __all__ = ['HubSnapshot', 'fetch_hub_model', 'hub_errors', 'verify_safetensors', 'sha256_file', 'WEIGHTS_NAME',
            'CONFIG_NAME']

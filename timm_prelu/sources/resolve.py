@@ -25,7 +25,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError, ConfigError, HubFileNotFoundError, ModelSourceError
-from .build import build_for_weights, check_model_kwargs, check_model_name, first_line, format_kwargs
+from ..formatting import first_line, format_kwargs
+from .build import build_for_weights, check_model_kwargs, check_model_name
 from .checkpoints import CHECKPOINT_SUFFIXES, TrainCheckpoint, read_checkpoint
 from .hub import CONFIG_NAME, WEIGHTS_NAME, fetch_hub_model, sha256_file, verify_safetensors
 from .labels import read_label_names
