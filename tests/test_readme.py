@@ -42,6 +42,8 @@ SUBSTITUTIONS = [
      'full demo takes under 10 min on 2 cores'),
     ('README.md', 'python -m pip install -q -c constraints.txt -e ".[dev]" && python -m pytest -q', None,
      'this is the command that runs this test; .ci/run runs exactly this line (checked)'),
+    ('docs/onnx.md', '--protocol dense --scales 32 48', '--protocol dense --scales 32',
+     'exporting the protocol graph takes about a minute per scale on 2 cores: one scale here'),
     ('docs/init.md', 'timm-prelu reproduce depth --out runs/depth',
      'timm-prelu reproduce depth --out runs/depth --steps 60 --depths 22',
      'the full experiment (4 runs of 3000 iterations) takes minutes: 60 iterations of one depth here'),
