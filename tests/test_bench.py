@@ -210,8 +210,9 @@ def test_peak_memory_sees_a_temporary_tensor():
 
 def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
-    with pytest.raises(UserError, match='no CUDA device.*--device cpu'):
+    with pytest.raises(UserError, match="no CUDA device.*device 'cpu'") as e:
         run_benchmarks(tmp_path / 'out', device='cuda', quick=True)
+    assert e.value.param == 'device'
     assert not (tmp_path / 'out').exists()
 
 

@@ -141,7 +141,7 @@ def test_predictor_errors(exported, backends, tmp_path):
         MultiScalePredictor(backends['torch'], views=('dense', 'multi'))
     lone = tmp_path / 'lone.onnx'
     shutil.copy(exported[1], lone)  # the model graph without its backbone / head
-    with pytest.raises(UserError, match='--split'):
+    with pytest.raises(UserError, match='split=True'):
         MultiScalePredictor(OnnxBackend(lone, providers='cpu'), views='dense')
     with pytest.raises(OnnxModelError, match='is a model graph, given as the backbone'):
         OnnxBackend(None, backbone=exported[1], head=exported[1].with_name('a.head.onnx'), providers='cpu')
