@@ -7,3 +7,14 @@ __all__ = [
     'MultiScalePredictor', 'TorchBackend', 'OnnxBackend', 'ImageScores', 'VIEWS', 'DEFAULT_SCALES',
     'EvalResult', 'evaluate_folder', 'list_imagefolder', 'LoadedImage', 'load_image',
 ]
+
+
+def __getattr__(name: str):
+    """Names of the former single module ``timm_prelu.inference`` keep working, with a warning naming their home."""
+    import warnings
+    from . import evaluation, images, predictor
+    for module in (predictor, evaluation, images):
+        if name in getattr(module, '__all__', ()):
+            warnings.warn(f'timm_prelu.inference.{name} moved to {module.__name__}.{name}', FutureWarning, stacklevel=2)
+            return getattr(module, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
