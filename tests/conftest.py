@@ -84,6 +84,20 @@ def narrow_a_export(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    """The narrow model A with label names, and its model / backbone / head graphs (a module may override it)."""
+    return narrow_a_export(tmp_path_factory)
+
+
+@pytest.fixture(scope='module')
+def photo():
+    """A real 451 x 300 photo shipped with scikit-image."""
+    from PIL import Image
+    from skimage import data as skdata
+    return Image.fromarray(skdata.chelsea())
+
+
+@pytest.fixture(scope='module')
 def one_torch_thread():
     """One torch thread for a module: the CI machine is shared and small inputs gain nothing from more."""
     import torch

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from skimage import data as skdata
 
 from timm_prelu.cli import main
 from timm_prelu.errors import UserError
@@ -22,7 +21,6 @@ from timm_prelu.inference.predictor import (
     MultiScalePredictor, OnnxBackend, TorchBackend, crop_window_logits, softmax, window_positions)
 from timm_prelu.onnx_model.runtime import OnnxModelError
 
-from conftest import narrow_a_export
 TOL = 1e-4
 PROVIDER = 'auto'  # CUDA (IO binding) where onnxruntime-gpu and a GPU are present, else CPU
 
@@ -33,19 +31,9 @@ def _one_thread(one_torch_thread):
 
 
 @pytest.fixture(scope='module')
-def exported(tmp_path_factory):
-    return narrow_a_export(tmp_path_factory)
-
-
-@pytest.fixture(scope='module')
 def backends(exported):
     model, path = exported
     return {'torch': TorchBackend(model), 'onnx': OnnxBackend(path, providers=PROVIDER, threads=1)}
-
-
-@pytest.fixture(scope='module')
-def photo():
-    return Image.fromarray(skdata.chelsea())  # a real 451 x 300 photo shipped with scikit-image
 
 
 @pytest.mark.parametrize('kind', ['torch', 'onnx'])

@@ -11,13 +11,8 @@ from onnx import TensorProto, helper
 from timm_prelu.errors import InputSizeError
 from timm_prelu.onnx_model.runtime import METADATA_KEY, OnnxModel, OnnxModelError, read_metadata, select_providers
 
-from conftest import ONNX_LABELS as LABELS, narrow_a_export
+from conftest import ONNX_LABELS as LABELS
 HAS_CUDA_PROVIDER = 'CUDAExecutionProvider' in ort.get_available_providers()
-
-
-@pytest.fixture(scope='module')
-def exported(tmp_path_factory):
-    return narrow_a_export(tmp_path_factory)
 
 
 def test_select_providers():

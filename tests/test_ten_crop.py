@@ -8,13 +8,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from skimage import data as skdata
 
 from timm_prelu.cli import main
 from timm_prelu.errors import ConfigError
 from timm_prelu.inference.predictor import MultiScalePredictor, OnnxBackend, TorchBackend
 
-from conftest import narrow_a_export
 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
@@ -22,16 +20,6 @@ MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 @pytest.fixture(scope='module', autouse=True)
 def _one_thread(one_torch_thread):
     yield
-
-
-@pytest.fixture(scope='module')
-def exported(tmp_path_factory):
-    return narrow_a_export(tmp_path_factory)
-
-
-@pytest.fixture(scope='module')
-def photo():
-    return Image.fromarray(skdata.chelsea())  # a real 451 x 300 photo shipped with scikit-image
 
 
 def _hand_ten_crop(model, photo, scale, crop):

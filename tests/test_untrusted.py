@@ -3,7 +3,6 @@ that never shift silently, and crafted metadata refused in one line (exit code 2
 import contextlib
 import json
 import os
-import shutil
 import signal
 import time
 
@@ -20,7 +19,6 @@ from timm_prelu.inference.folders import walk_imagefolder
 from timm_prelu.inference.predictor import MultiScalePredictor, OnnxBackend, TorchBackend
 from timm_prelu.onnx_model.runtime import METADATA_KEY, PRETRAINED_CFG_KEY, OnnxModel, read_metadata
 
-from conftest import ONNX_LABELS, narrow_a_export
 
 EVAL_FLAGS = ['--scales', '32', '--views', 'full', '--no-flip', '--no-progress']
 
@@ -28,12 +26,6 @@ EVAL_FLAGS = ['--scales', '32', '--views', 'full', '--no-flip', '--no-progress']
 @pytest.fixture(scope='module', autouse=True)
 def _one_thread(one_torch_thread):
     yield
-
-
-@pytest.fixture(scope='module')
-def exported(tmp_path_factory):
-    """The narrow model A with label names class_0 .. class_9, and its backbone / head graphs."""
-    return narrow_a_export(tmp_path_factory)
 
 
 @contextlib.contextmanager
