@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import CheckpointError, TrainingError
 from ..inference.evaluation import MULTI_SCALE
+from ..init.slopes import LayerSlopes, layer_slopes, plot_slopes
 from ..inference.tables import twin_table4_markdown
 from ..outputs import check_destination, finished_output_dir, save_figure
 from .stage_timer import StageTimer
@@ -183,7 +184,7 @@ def _onnx_parity(cfg: DemoConfig, onnx_path: Path, hub_dir: Path, act: str) -> D
 
 
 def _plots(out: Path, losses: Dict[str, Dict[str, List[float]]], results: Dict[str, List[Dict]],
-           slopes: List[Dict], views: Sequence[str]) -> Dict[str, str]:
+           slopes: List[LayerSlopes], views: Sequence[str]) -> Dict[str, str]:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -199,15 +200,7 @@ def _plots(out: Path, losses: Dict[str, Dict[str, List[float]]], results: Dict[s
     save_figure(fig, out / 'loss_curves.png')
     files['loss curves'] = 'loss_curves.png'
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    depth = range(1, len(slopes) + 1)
-    ax.plot(depth, [s['mean'] for s in slopes], 'o-', label='mean slope')
-    ax.fill_between(depth, [s['min'] for s in slopes], [s['max'] for s in slopes], alpha=0.25, label='min..max')
-    ax.axhline(0.25, color='grey', lw=0.8, ls=':', label='init 0.25')
-    ax.set(xlabel='layer (depth order)', ylabel='PReLU slope a', title='Learned PReLU slopes by depth')
-    ax.legend()
-    fig.tight_layout()
-    save_figure(fig, out / 'slopes_by_depth.png')
+    plot_slopes(slopes, out / 'slopes_by_depth.png', title='Learned PReLU slopes by depth (demo PReLU model)')
     files['slopes by depth'] = 'slopes_by_depth.png'
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -223,20 +216,13 @@ def _plots(out: Path, losses: Dict[str, Dict[str, List[float]]], results: Dict[s
     return files
 
 
-def _slope_rows(checkpoint: Path) -> List[Dict]:
+def _slope_rows(checkpoint: Path) -> List[LayerSlopes]:
     """Per-layer PReLU slope statistics of a checkpoint, in depth order."""
-    import torch.nn as nn
     from ..sources.checkpoints import create_model_from_checkpoint, read_checkpoint
-    model = create_model_from_checkpoint(read_checkpoint(checkpoint))
-    rows = []
-    for name, m in model.named_modules():
-        if isinstance(m, nn.PReLU):
-            w = m.weight.detach()
-            rows.append({'layer': name, 'mean': float(w.mean()), 'min': float(w.min()), 'max': float(w.max())})
-    return rows
+    return layer_slopes(create_model_from_checkpoint(read_checkpoint(checkpoint)))
 
 
-def _report(cfg: DemoConfig, timer: StageTimer, results: Dict, losses: Dict, slopes: List[Dict],
+def _report(cfg: DemoConfig, timer: StageTimer, results: Dict, losses: Dict, slopes: List[LayerSlopes],
             parity: Dict, plots: Dict[str, str], provider: str, uploaded: Optional[str]) -> str:
     prelu_ms = next(r for r in results['prelu'] if r['view'] == 'dense' and r['scale'] == MULTI_SCALE)
     relu_ms = next(r for r in results['relu'] if r['view'] == 'dense' and r['scale'] == MULTI_SCALE)
@@ -275,7 +261,7 @@ def _report(cfg: DemoConfig, timer: StageTimer, results: Dict, losses: Dict, slo
                   f'(top-1 / top-5 error %, {provider})', '', twin_table4_markdown(results, view, ACTS), '']
     lines += ['## Learned PReLU slopes (PReLU model)', '',
               '| layer | mean | min | max |', '|---|---|---|---|']
-    lines += [f'| {s["layer"]} | {s["mean"]:.3f} | {s["min"]:.3f} | {s["max"]:.3f} |' for s in slopes]
+    lines += [f'| {s.name} | {s.mean:.3f} | {s.min:.3f} | {s.max:.3f} |' for s in slopes]
     lines += ['', '## ONNX Runtime vs PyTorch (max |logit diff|, batch 3)', '',
               '| size | ' + ' | '.join(ACTS) + ' |', '|---|' + '---|' * len(ACTS)]
     for size in parity['prelu']:
@@ -345,7 +331,7 @@ def run_demo(cfg: DemoConfig) -> Path:
             slopes = _slope_rows(checkpoints['prelu'])
             plots = _plots(out, losses, results, slopes, cfg.views)
         summary = {'config': {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-                   'results': results, 'losses': losses, 'slopes': slopes, 'onnx_parity': parity,
+                   'results': results, 'losses': losses, 'slopes': [asdict(s) for s in slopes], 'onnx_parity': parity,
                    'load_back': load_back, 'provider': provider, 'seconds': dict(timer.seconds)}
         (out / 'summary.json').write_text(json.dumps(summary, indent=1))
         (out / 'report.md').write_text(_report(cfg, timer, results, losses, slopes, parity, plots, provider, uploaded))
