@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--master-port', type=int, default=29500, metavar='PORT', help='port on --master-addr')
     p.add_argument('--timm-script', metavar='PATH',
                    help="timm's train.py or a pytorch-image-models checkout (default: $TIMM_TRAIN_SCRIPT, "
-                        "then ./pytorch-image-models/train.py)")
+                        "then ./pytorch-image-models/train.py, then the copy for the installed timm version in "
+                        "the user cache, ~/.cache/timm-prelu/, downloaded there on first use)")
     p.add_argument('--dry-run', action='store_true', help='print the command without running it')
     p.add_argument('train_args', nargs=argparse.REMAINDER, metavar='-- TRAIN_FLAGS',
                    help="train.py's flags, e.g. -- --data-dir /data/imagenet -b 32")
