@@ -249,8 +249,9 @@ def evaluate_folder(
     skipped: List[Tuple[str, str]] = ([(p, 'not an image file type') for p in listing.others] + listing.skipped
                                       + merge_by_index([f for _, f in parts]))
     if not scored:
-        raise DatasetError(f'{data}: none of the {len(samples)} images could be read ({skipped[0][1] if skipped else ""})'
-                           f': check the folder')
+        why = f' ({skipped[0][1]})' if skipped else ''
+        raise DatasetError(f'{data}: none of the {len(samples)} images could be read{why}: check the folder',
+                           param='data')
     paths = [s[0] for s in scored]
     topk_idx_arr = np.stack([s[2] for s in scored])
     targets_arr = np.asarray([s[1] for s in scored], dtype=np.int64)
