@@ -188,7 +188,7 @@ def test_scaling_fits_recomputed(report):
 def test_key_figures_are_cells_of_the_tables(report):
     summary = _csv(report, 'summary')
     kinds = {r['source_table'] for r in summary}
-    assert kinds == {'peak', 'activation', 'efficiency', 'dense', 'scaling_fits'}
+    assert kinds == {'peak', 'activation', 'efficiency', 'dense', 'scaling_fits', 'eval_scaling'}
     for s in summary:
         match = json.loads(s['source_row'])
         rows = [r for r in _csv(report, s['source_table']) if all(r[k] == str(v) for k, v in match.items())]

@@ -111,3 +111,22 @@ def test_a_refused_destination_stops_every_rank(setup, tmp_path):
     assert len(errors) == 2, proc.stderr[-3000:]  # rank 0's own error, and rank 1's report of it
     assert sum('rank 0 failed while checking the output folder' in line for line in errors) == 1
     assert sorted(p.name for p in out.iterdir()) == ['notes.txt']
+
+
+def test_shards_are_disjoint_and_cover_the_listing():
+    from timm_prelu.inference.distributed import Ranks
+    shards = [list(Ranks(rank=r, world_size=3, backend='gloo').shard(10)) for r in range(3)]
+    assert sorted(i for s in shards for i in s) == list(range(10))
+    assert [len(s) for s in shards] == Ranks(world_size=3).shard_sizes(10) == [4, 3, 3]
+
+
+def test_torchrun_environment_decides_whether_the_run_is_distributed():
+    from timm_prelu.errors import ConfigError
+    from timm_prelu.inference.distributed import torchrun_env
+    assert torchrun_env({}) is None  # a plain run needs none of torchrun's variables
+    assert torchrun_env({'RANK': '1', 'WORLD_SIZE': '4', 'LOCAL_RANK': '1', 'LOCAL_WORLD_SIZE': '2'}) == \
+        {'RANK': 1, 'WORLD_SIZE': 4, 'LOCAL_RANK': 1, 'LOCAL_WORLD_SIZE': 2}
+    for bad in ({'RANK': 'x', 'WORLD_SIZE': '2'}, {'RANK': '2', 'WORLD_SIZE': '2'}):
+        with pytest.raises(ConfigError, match='torchrun') as e:
+            torchrun_env(bad)
+        assert e.value.param == 'environment'
