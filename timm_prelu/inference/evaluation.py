@@ -226,8 +226,9 @@ def evaluate_folder(
         scored, failed = [], []  # (listing index, ...): merged in listing order
         correct = 0
         desc = 'eval' if not ranks.distributed else f'eval (rank 0 of {ranks.world_size})'
-        bar = progress_bar([samples[i] for i in mine], desc=desc, unit='img', disable=not progress or not ranks.is_main)
-        for i, (path, folder_target) in zip(mine, bar):
+        bar = progress_bar([(i, samples[i]) for i in mine], desc=desc, unit='img',
+                           disable=not progress or not ranks.is_main)
+        for i, (path, folder_target) in bar:
             try:
                 loaded = load_image(path, max_pixels=max_image_pixels)
                 scores = predictor.scores(loaded.image)
