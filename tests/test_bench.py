@@ -137,6 +137,12 @@ def test_ratios_are_ratios_of_the_csv_times(report):
         assert _num(r['speedup']) == pytest.approx(_num(r['naive_median_ms']) / _num(r['dense_median_ms']), rel=1e-9)
         assert _num(r['mac_ratio']) == pytest.approx(_num(r['naive_gmacs']) / _num(r['dense_gmacs']), rel=1e-9)
         assert _num(r['mac_ratio']) > 1  # the dense pass does less work for the same views
+    evals = _csv(report, 'eval_scaling')
+    assert [int(r['processes']) for r in evals] == [1, 2]
+    for r in evals:
+        assert _num(r['images_per_s']) == pytest.approx(int(r['images']) / _num(r['median_s']), rel=1e-9)
+        assert _num(r['speedup']) == pytest.approx(_num(r['images_per_s']) / _num(evals[0]['images_per_s']), rel=1e-9)
+        assert r['same_table'] == 'True'  # one or two processes: the same error table
 
 
 def test_efficiency_is_achieved_over_the_matmul_peak(report):
@@ -182,7 +188,7 @@ def test_scaling_fits_recomputed(report):
 def test_key_figures_are_cells_of_the_tables(report):
     summary = _csv(report, 'summary')
     kinds = {r['source_table'] for r in summary}
-    assert kinds == {'peak', 'activation', 'efficiency', 'dense', 'scaling_fits'}
+    assert kinds == {'peak', 'activation', 'efficiency', 'dense', 'scaling_fits', 'eval_scaling'}
     for s in summary:
         match = json.loads(s['source_row'])
         rows = [r for r in _csv(report, s['source_table']) if all(r[k] == str(v) for k, v in match.items())]

@@ -16,7 +16,7 @@ from .memory import MEMORY_METHOD
 
 __all__ = ['TABLES', 'SECTIONS', 'GPU_ONLY_SECTIONS', 'write_report', 'busy_warning', 'format_value', 'render_table']
 
-SECTIONS = ('activation', 'paths', 'dense', 'scaling', 'train')
+SECTIONS = ('activation', 'paths', 'dense', 'scaling', 'eval', 'train')
 GPU_ONLY_SECTIONS = ('train',)
 
 # table key -> (CSV file, [(row key, Markdown column label)])
@@ -62,6 +62,10 @@ TABLES: Dict[str, Tuple[str, List[Tuple[str, str]]]] = {
     'scaling_fits': ('scaling_fits.csv', [
         ('sweep', 'sweep'), ('quantity', 'quantity'), ('against', 'against'), ('exponent', 'fitted exponent'),
         ('r2', 'R^2'), ('points', 'points')]),
+    'eval_scaling': ('eval_scaling.csv', [
+        ('processes', 'processes'), ('threads', 'threads per process'), ('per_rank', 'images per rank'),
+        ('n', 'launches'), ('median_s', 'eval time, median (s)'), ('images', 'images'),
+        ('images_per_s', 'images/s'), ('speedup', 'speed-up'), ('same_table', 'same error table')]),
     'train': ('train_throughput.csv', [
         ('model', 'model'), ('img_size', 'size'), ('batch', 'batch'), ('flags', 'train.py flags'),
         ('log_lines', 'log lines'), ('images_per_s', 'images/s, median'), ('min_images_per_s', 'min'),
@@ -296,6 +300,8 @@ def write_report(results: Dict, out: Path) -> Path:
     if 'scaling' in sections:
         tables['scaling'] = sections['scaling']['rows']
         tables['scaling_fits'] = sections['scaling']['fits']
+    if 'eval' in sections:
+        tables['eval_scaling'] = sections['eval']['rows']
     if 'train' in sections:
         tables['train'] = sections['train']['rows']
     for key, rows in tables.items():
@@ -384,6 +390,17 @@ def write_report(results: Dict, out: Path) -> Path:
                render_table('scaling', tables['scaling']), '', render_table('scaling_fits', tables['scaling_fits'])]
         if 'scaling' in plots:
             md += ['', f'![scaling]({plots["scaling"]})']
+
+    if 'eval_scaling' in tables:
+        s = results['settings']['eval']
+        md += ['', '## 6. Eval throughput across processes', '',
+               f'`timm-prelu eval`\'s evaluation (`evaluate_folder`) of {s["model"]} on one folder, by one process '
+               'and by `torchrun --standalone --nproc-per-node N` (gloo), each process with cores / N threads, '
+               'launches alternated. Timed from a barrier after the model is built and warmed up to the end of '
+               'the gather on rank 0 (start-up excluded). speed-up = images/s / the first row\'s. Ranks share the '
+               'machine\'s cores: on a busy machine a multi-threaded process loses most (its threads wait for each '
+               'other).', ''] + [f'- {n}' for n in sections['eval'].get('notes', [])]
+        md += ['', render_table('eval_scaling', tables['eval_scaling'])]
 
     md += ['', '## GPU', ''] + _gpu_lines(results, tables)
     md += ['', f'Raw data: {", ".join(TABLES[k][0] for k in tables)}, results.json.', '']

@@ -40,6 +40,8 @@ def profile_settings(quick: bool) -> Dict:
                        budget_s=None),
             scaling=dict(model='prelu_model_a', model_kwargs=narrow, scales=(64, 96, 128), batches=(1, 2, 4),
                          img_size=64, repeats=3, budget_s=None),
+            eval=dict(model='prelu_model_a', model_kwargs=narrow, images=12, img_size=64, scales=(64,),
+                      views=('full',), processes=(1, 2), repeats=1),
         )
     return dict(
         matmul_n=4096, matmul_repeats=7,
@@ -54,6 +56,8 @@ def profile_settings(quick: bool) -> Dict:
                    budget_s=None),
         scaling=dict(model='prelu_model_a', model_kwargs={}, scales=(224, 288, 352, 416, 480, 544, 640),
                      batches=(1, 2, 4, 8), img_size=224, repeats=3, budget_s=20.0),
+        eval=dict(model='prelu_model_a', model_kwargs={}, images=16, img_size=256, scales=(256,), views=('full',),
+                  processes=(1, 2), repeats=2),
     )
 
 
@@ -131,6 +135,13 @@ def _summary(sections: Dict, peak_row: Dict) -> List[Dict]:
         out.append(dict(figure=f'{r["quantity"]} ~ {r["against"]}^k, fitted k', value=r['exponent'], unit='',
                         detail=f'R^2 {r["r2"]:.3f}, {r["points"]} points', source_table='scaling_fits',
                         source_row=json.dumps({k: r[k] for k in ('sweep', 'quantity')}), source_column='exponent'))
+    rows = sections.get('eval', {}).get('rows', [])
+    for r in rows[1:]:
+        out.append(dict(figure=f'eval throughput, {r["processes"]} processes / {rows[0]["processes"]}',
+                        value=r['speedup'], unit='x', detail=f'{r["threads"]} thread(s) per process, '
+                                                             f'{r["images_per_s"]:.3g} images/s',
+                        source_table='eval_scaling', source_row=json.dumps({'processes': r['processes']}),
+                        source_column='speedup'))
     return out
 
 
@@ -149,7 +160,7 @@ def run_benchmarks(
         out: Output folder (BENCHMARKS.md, CSVs, PNGs, results.json); replaced as a whole on success.
         device: 'cpu' or 'cuda'.
         quick: The quick profile (narrow networks, small inputs, few repeats).
-        sections: Any of 'activation', 'paths' (with section 3, efficiency), 'dense', 'scaling'.
+        sections: Any of 'activation', 'paths' (with section 3, efficiency), 'dense', 'scaling', 'eval'.
         threads: PyTorch (and ONNX Runtime) threads; default: PyTorch's default for this machine.
         overwrite: Replace an earlier report folder (never a folder timm-prelu did not write).
         command: The command line to print in the report.
@@ -177,6 +188,7 @@ def run_benchmarks(
     t0 = time.perf_counter()
     steps = (2 + 4 * ('activation' in sections) + len(settings['dense']['scales']) * ('dense' in sections)
              + 2 * ('scaling' in sections) + ('train' in sections)
+             + len(settings['eval']['processes']) * settings['eval']['repeats'] * ('eval' in sections)
              + sum(len(s.configs) for s in settings['paths']['specs']) * ('paths' in sections))
     progress = _Progress(steps)
     results: Dict = dict(command=command or 'timm-prelu bench', device=device, quick=quick, machine=machine,
@@ -216,6 +228,14 @@ def run_benchmarks(
                                      progress=progress)
                 sec['scaling'] = dict(rows=rows, fits=fits)
 
+            if 'eval' in sections:
+                s = settings['eval']
+                from .eval_scaling import eval_scaling
+                with tempfile.TemporaryDirectory(dir=work, prefix='eval-') as tmp:  # the image folder
+                    rows, notes = eval_scaling(Path(tmp), s['model'], s['model_kwargs'], s['images'], s['img_size'],
+                                               s['scales'], s['views'], s['processes'], s['repeats'], progress)
+                sec['eval'] = dict(rows=rows, notes=notes)
+
             if 'train' in sections:
                 progress('train.py throughput')
                 from .train_throughput import train_throughput
@@ -249,7 +269,7 @@ def run_benchmarks(
 def _settings_record(settings: Dict) -> Dict:
     """The settings as plain data for the report and results.json."""
     rec = {k: v for k, v in settings.items() if not isinstance(v, dict)}
-    for key in ('activation', 'dense', 'scaling'):
+    for key in ('activation', 'dense', 'scaling', 'eval'):
         rec[key] = {k: v for k, v in settings[key].items()}
         rec[key]['model'] = model_label(settings[key]['model'], settings[key]['model_kwargs'])
     from .dense_vs_crops import EXACT_TOLERANCE

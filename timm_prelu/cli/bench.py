@@ -3,7 +3,8 @@ import argparse
 import shlex
 import sys
 
-SECTIONS = ('activation', 'paths', 'dense', 'scaling', 'train')  # kept equal to timm_prelu.benchmark.SECTIONS by a test
+# kept equal to timm_prelu.benchmark.SECTIONS by a test
+SECTIONS = ('activation', 'paths', 'dense', 'scaling', 'eval', 'train')
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--out', default='docs/benchmarks/results', help='output folder (default: docs/benchmarks/results)')
     p.add_argument('--sections', nargs='+', choices=SECTIONS, default=list(SECTIONS), metavar='SECTION',
                    help=f'sections to run (default: all): {", ".join(SECTIONS)}; "paths" includes the efficiency '
-                        f'table; "train" (upstream train.py throughput) needs --device cuda')
+                        f'table; "eval": eval throughput at 1 and 2 processes; "train" (upstream train.py '
+                        f'throughput) needs --device cuda')
     p.add_argument('--threads', type=int, default=None, help='PyTorch / ONNX Runtime threads (default: PyTorch\'s)')
     p.add_argument('--overwrite', action='store_true',
                    help='replace an earlier report in --out (never a folder timm-prelu did not write)')

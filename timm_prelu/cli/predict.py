@@ -47,9 +47,11 @@ def build_predictor(args: argparse.Namespace):
         if args.checkpoint or args.model_kwargs or args.num_classes or args.pretrained or args.use_ema:
             raise UserError('--checkpoint / --model-kwargs / --num-classes / --pretrained / --use-ema describe a '
                             'PyTorch model: drop them with --onnx (the ONNX file carries its own configuration)')
+        device_id = getattr(args, 'cuda_device_id', 0)  # set by `eval` under torchrun: the process's GPU
         resolved = resolve_from_args(args, args.onnx, allow_onnx=True,
-                                     onnx_options={'providers': args.provider, 'threads': args.threads})
-        backend = OnnxBackend(resolved.model, providers=args.provider, threads=args.threads)
+                                     onnx_options={'providers': args.provider, 'threads': args.threads,
+                                                   'device_id': device_id})
+        backend = OnnxBackend(resolved.model, providers=args.provider, threads=args.threads, device_id=device_id)
     else:
         import torch
         spec, name = (args.checkpoint, args.model) if args.checkpoint else (args.model, None)

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import DatasetError
+from .distributed import Ranks, merge_by_index
 from .folders import ImageFolderListing, walk_imagefolder
 from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, load_image
 from .predictor import MultiScalePredictor
@@ -44,10 +45,20 @@ class EvalResult:
     files: Dict[str, Path] = field(default_factory=dict)
     setup: Optional[EvalSetup] = None
     class_to_idx: Dict[str, int] = field(default_factory=dict)  # folder class -> model class index
+    world_size: int = 1  # processes that shared the work
+    images_per_rank: List[int] = field(default_factory=list)  # listed images each rank took, in rank order
+    backend: Optional[str] = None  # torch.distributed backend, None for one process
 
     def markdown(self) -> str:
         """The paper's tables these rows fill, with its figures where the setup matches."""
         return tables_markdown(self.rows, self.setup)
+
+    def ranks_summary(self) -> str:
+        """'world size 2 (gloo): images per rank 10, 9' (or 'one process')."""
+        if self.backend is None:
+            return 'one process'
+        return (f'world size {self.world_size} ({self.backend}): images per rank '
+                f'{", ".join(map(str, self.images_per_rank))}')
 
     def summary(self) -> str:
         return (f'{self.num_images} images evaluated, {len(self.skipped)} skipped'
@@ -172,6 +183,7 @@ def evaluate_folder(
         max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
         title: str = 'Multi-scale evaluation',
         overwrite: bool = False,
+        ranks: Optional[Ranks] = None,
 ) -> EvalResult:
     """Evaluate ``predictor`` on an ImageFolder; write the table and per-image predictions to ``out``.
 
@@ -186,50 +198,76 @@ def evaluate_folder(
         max_image_pixels: Skip images larger than this.
         title: Title of the PNG plot.
         overwrite: Replace an earlier evaluation folder at ``out`` (never a folder timm-prelu did not write).
+        ranks: This process's place in a process group (see :func:`~timm_prelu.inference.distributed.process_group`):
+            each rank scores every ``world_size``-th image of the sorted listing, rank 0 gathers the results and
+            writes ``out`` exactly as one process would; every rank returns the same result. A failure on any
+            rank raises on all. None: one process.
     """
     from ..progress import progress as progress_bar
-    if out is not None:
-        check_destination(out, overwrite=overwrite, inputs=[data])
-    listing = walk_imagefolder(data, limit=limit)
+    ranks = ranks or Ranks()
+
+    def prepare():
+        if out is not None and ranks.is_main:
+            check_destination(out, overwrite=overwrite, inputs=[data])
+        listing = walk_imagefolder(data, limit=limit)
+        notes = _walk_notes(listing)
+        backend = predictor.backend
+        return listing, notes, _class_mapping(listing, backend.label_names, backend.num_classes, notes)
+
+    listing, notes, class_map = ranks.gather(prepare, 'checking the destination and listing the folder',
+                                             share=False)[ranks.rank]
     samples, class_to_idx = listing.samples, listing.class_to_idx
-    notes = _walk_notes(listing)
-    backend = predictor.backend
-    class_map = _class_mapping(listing, backend.label_names, backend.num_classes, notes)
     mapping = np.array([class_map[c] for c in sorted(class_to_idx, key=class_to_idx.get)])
-    skipped: List[Tuple[str, str]] = [(p, 'not an image file type') for p in listing.others] + listing.skipped
     views, scales = predictor.views, predictor.scales
-    k = min(TOPK, backend.num_classes)
-    paths, targets, topk_idx, topk_prob = [], [], [], []
-    correct = 0
-    bar = progress_bar(samples, desc='eval', unit='img', disable=not progress)
-    for path, folder_target in bar:
-        try:
-            loaded = load_image(path, max_pixels=max_image_pixels)
-            scores = predictor.scores(loaded.image)
-        except ImageError as e:
-            skipped.append((path, str(e)))
-            continue
-        # (V, S + 1, K): each scale, then the multi-scale combination
-        probs = np.concatenate([scores.probs, scores.multi_scale()[:, None]], axis=1)
-        idx, p = _topk(probs, k)
-        target = int(mapping[folder_target])
-        paths.append(str(path))
-        targets.append(target)
-        topk_idx.append(idx)
-        topk_prob.append(p)
-        correct += int(idx[0, -1, 0] == target)
-        bar.set_postfix(top1_err=f'{100.0 * (1 - correct / len(targets)):.1f}%', skipped=len(skipped))
-    bar.close()
-    if not targets:
-        raise DatasetError(f'{data}: none of the {len(samples)} images could be read ({skipped[0][1] if skipped else ""})'
-                        f': check the folder')
-    topk_idx_arr, targets_arr = np.stack(topk_idx), np.asarray(targets, dtype=np.int64)
+    k = min(TOPK, predictor.backend.num_classes)
+    mine = ranks.shard(len(samples))
+
+    def score_shard():
+        scored, failed = [], []  # (listing index, ...): merged in listing order
+        correct = 0
+        desc = 'eval' if not ranks.distributed else f'eval (rank 0 of {ranks.world_size})'
+        bar = progress_bar([(i, samples[i]) for i in mine], desc=desc, unit='img',
+                           disable=not progress or not ranks.is_main)
+        for i, (path, folder_target) in bar:
+            try:
+                loaded = load_image(path, max_pixels=max_image_pixels)
+                scores = predictor.scores(loaded.image)
+            except ImageError as e:
+                failed.append((i, (path, str(e))))
+                continue
+            # (V, S + 1, K): each scale, then the multi-scale combination
+            probs = np.concatenate([scores.probs, scores.multi_scale()[:, None]], axis=1)
+            idx, p = _topk(probs, k)
+            target = int(mapping[folder_target])
+            scored.append((i, (str(path), target, idx, p)))
+            correct += int(idx[0, -1, 0] == target)
+            bar.set_postfix(top1_err=f'{100.0 * (1 - correct / len(scored)):.1f}%', skipped=len(failed))
+        bar.close()
+        return scored, failed
+
+    parts = ranks.gather(score_shard, 'scoring its images')
+    scored = merge_by_index([s for s, _ in parts])
+    skipped: List[Tuple[str, str]] = ([(p, 'not an image file type') for p in listing.others] + listing.skipped
+                                      + merge_by_index([f for _, f in parts]))
+    if not scored:
+        why = f' ({skipped[0][1]})' if skipped else ''
+        raise DatasetError(f'{data}: none of the {len(samples)} images could be read{why}: check the folder',
+                           param='data')
+    paths = [s[0] for s in scored]
+    topk_idx_arr = np.stack([s[2] for s in scored])
+    targets_arr = np.asarray([s[1] for s in scored], dtype=np.int64)
     rows = error_table(topk_idx_arr, targets_arr, views, scales)
     setup = EvalSetup.from_predictor(predictor, len(class_to_idx))
-    result = EvalResult(rows, len(targets), skipped, notes, setup=setup, class_to_idx=class_map)
+    result = EvalResult(rows, len(scored), skipped, notes, setup=setup, class_to_idx=class_map,
+                        world_size=ranks.world_size, images_per_rank=ranks.shard_sizes(len(samples)),
+                        backend=ranks.backend)
     if out is not None:
-        result.files = _write_eval_folder(out, overwrite, result, predictor, data, title, paths, targets_arr,
-                                          topk_idx_arr, np.stack(topk_prob), class_to_idx, k)
+        def write():
+            if not ranks.is_main:
+                return None
+            return _write_eval_folder(out, overwrite, result, predictor, data, title, paths, targets_arr,
+                                      topk_idx_arr, np.stack([s[3] for s in scored]), class_to_idx, k)
+        result.files = ranks.gather(write, f'writing {out}')[0]  # every rank returns the files rank 0 wrote
     return result
 
 

@@ -168,6 +168,7 @@ class OnnxBackend:
             head: Union[str, os.PathLike, Any, None] = None,
             providers: Union[str, Sequence[str]] = 'auto',
             threads: Optional[int] = None,
+            device_id: int = 0,
     ) -> None:
         """
         Args:
@@ -176,11 +177,13 @@ class OnnxBackend:
             head: The head graph; default as for ``backbone``.
             providers: 'auto', 'cpu', 'cuda' (see ``onnx_runtime.select_providers``).
             threads: CPU intra-op threads per session (default: onnxruntime's choice).
+            device_id: The GPU of the CUDA provider.
         """
         from ..onnx_model.runtime import OnnxModel, OnnxModelError
 
         def load(x):
-            return x if x is None or isinstance(x, OnnxModel) else OnnxModel(x, providers=providers, threads=threads)
+            return x if x is None or isinstance(x, OnnxModel) else OnnxModel(x, providers=providers, threads=threads,
+                                                                              device_id=device_id)
 
         self.model, self.backbone, self.head = load(model), load(backbone), load(head)
         if self.model is not None and self.backbone is None and self.head is None:
