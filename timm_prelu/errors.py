@@ -9,7 +9,7 @@ from typing import Optional
 __all__ = [
     'TimmPreluError', 'UserError', 'ModelSourceError', 'CheckpointError', 'PretrainedMismatchError', 'HubError',
     'HubFileNotFoundError', 'OnnxModelError', 'ImageError', 'DatasetError', 'OutputError', 'TrainScriptError',
-    'InputSizeError', 'ConfigError', 'TrainingError',
+    'InputSizeError', 'ConfigError', 'TrainingError', 'RankFailedError',
 ]
 
 
@@ -74,3 +74,7 @@ class TrainingError(TimmPreluError, RuntimeError):
 
 class InputSizeError(TimmPreluError, ValueError):
     """An input tensor whose size or channel count the model cannot take."""
+
+
+class RankFailedError(TimmPreluError, RuntimeError):
+    """Another rank of a distributed run failed; its message is repeated here (its own output has the details)."""

@@ -11,16 +11,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
-from ..errors import ConfigError, TimmPreluError
+from ..errors import ConfigError, RankFailedError, TimmPreluError
 
 __all__ = ['Ranks', 'RankFailedError', 'process_group', 'torchrun_env', 'cpu_threads_per_process',
            'merge_by_index']
 
 TORCHRUN_VARS = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
-
-
-class RankFailedError(TimmPreluError, RuntimeError):
-    """Another rank of the process group failed; its message is repeated here (its own output has the details)."""
 
 
 @dataclass(frozen=True)
