@@ -35,13 +35,15 @@ SPP_BINS = ('sppnet', 'adaptive')
 def spp_bin_bounds(size: int, n: int, device: torch.device, bins: str = 'sppnet') -> Tuple[torch.Tensor, torch.Tensor]:
     """(start, stop), each (n,) int64: bin i of a level with n bins covers positions [start[i], stop[i])."""
     i = torch.arange(n, device=device)
+    # truncating division: every operand is >= 0, and ONNX's integer Div truncates (a floor division is 6 ops)
     if bins == 'adaptive':
-        return (i * size) // n, ((i + 1) * size + n - 1) // n
+        start = torch.div(i * size, n, rounding_mode='trunc')
+        return start, torch.div((i + 1) * size + n - 1, n, rounding_mode='trunc')
     if bins == 'sppnet':
         # a map smaller than the level (stride size // n = 0): one row per bin, row floor(i * size / n); the test
         # is a tensor so an exported graph keeps both cases instead of guarding on the size
         small = ((i[:1] * 0 + size) < n).to(i.dtype)
-        start = i * (size // n) + small * ((i * size) // n)
+        start = i * (size // n) + small * torch.div(i * size, n, rounding_mode='trunc')
         return start, start + (size + n - 1) // n  # window ceil(size / n), 1 when size < n
     raise ValueError("unknown SPP binning '" + bins + "': choose 'sppnet' or 'adaptive'")
 
@@ -54,16 +56,16 @@ def spp_bin_mask(size: int, n: int, device: torch.device, bins: str = 'sppnet') 
 
 
 def _pool_dim(x: torch.Tensor, n: int, bins: str, dim: int) -> torch.Tensor:
-    """Max over each of the n bins along ``dim`` (-2 or -1 of a 4D map): size a there becomes n."""
+    """Max over each of the n bins along ``dim`` (0 or 1 of an (H, W, B, C) map): size a there becomes n."""
     size = x.shape[dim]
     start, stop = spp_bin_bounds(size, n, x.device, bins)
     longest = (size + n - 1) // n + (1 if bins == 'adaptive' else 0)  # no bin of either rule is longer
     offsets = torch.arange(longest, device=x.device)
     index = torch.minimum(start.unsqueeze(1) + offsets, stop.unsqueeze(1) - 1)  # (n, longest): repeats are harmless
     rows = x.index_select(dim, index.flatten())
-    if dim == -2:
-        return rows.reshape(x.shape[0], x.shape[1], n, longest, x.shape[3]).amax(dim=3)
-    return rows.reshape(x.shape[0], x.shape[1], x.shape[2], n, longest).amax(dim=4)
+    if dim == 0:
+        return rows.reshape(n, longest, x.shape[1], x.shape[2], x.shape[3]).amax(dim=1)
+    return rows.reshape(x.shape[0], n, longest, x.shape[2], x.shape[3]).amax(dim=2)
 
 
 def spatial_pyramid_pool(x: torch.Tensor, levels: List[int] = (7, 3, 2, 1), bins: str = 'sppnet') -> torch.Tensor:
@@ -71,10 +73,15 @@ def spatial_pyramid_pool(x: torch.Tensor, levels: List[int] = (7, 3, 2, 1), bins
 
     ``bins``: 'sppnet' (window ceil(a/n), stride floor(a/n)) or 'adaptive' (as ``adaptive_max_pool2d``).
     """
+    # (H, W, B, C): a gathered row or column is then one contiguous block, and the reductions run over outer axes
+    hwbc = x.permute(2, 3, 0, 1)
     outs: List[torch.Tensor] = []
     for n in levels:
-        pooled = _pool_dim(_pool_dim(x, n, bins, -2), n, bins, -1)  # (B, C, n, W), then (B, C, n, n)
-        outs.append(pooled.flatten(1))
+        if n == 1:  # one bin: the whole map under either rule
+            outs.append(x.amax(dim=(-2, -1)))
+            continue
+        pooled = _pool_dim(_pool_dim(hwbc, n, bins, 0), n, bins, 1)  # (n, W, B, C), then (n, n, B, C)
+        outs.append(pooled.permute(2, 3, 0, 1).flatten(1))
     return torch.cat(outs, dim=1)
 
 
