@@ -207,7 +207,8 @@ def test_onnx_export_with_dynamic_height_and_width(spp_onnx, bins, runtime):
 
 
 def test_onnx_graph_has_no_bin_masks(spp_onnx):
-    """Bins are gathered rows reduced on a reshaped view: no (n, H, W) mask selects (Where), nothing broadcast."""
+    """Bins are gathered rows reduced on a reshaped view, not (n, H, W) masks selecting from a broadcast map (Where):
+    ONNX Runtime runs the masks several times slower."""
     import onnx
     ops = {node.op_type for node in onnx.load(str(spp_onnx['sppnet'])).graph.node}
-    assert {'Gather', 'ReduceMax'} <= ops and not ops & {'Where', 'And', 'Or', 'Not'}, ops
+    assert {'Gather', 'ReduceMax'} <= ops and 'Where' not in ops, ops

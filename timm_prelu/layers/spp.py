@@ -35,15 +35,13 @@ SPP_BINS = ('sppnet', 'adaptive')
 def spp_bin_bounds(size: int, n: int, device: torch.device, bins: str = 'sppnet') -> Tuple[torch.Tensor, torch.Tensor]:
     """(start, stop), each (n,) int64: bin i of a level with n bins covers positions [start[i], stop[i])."""
     i = torch.arange(n, device=device)
-    # truncating division: every operand is >= 0, and ONNX's integer Div truncates (a floor division is 6 ops)
     if bins == 'adaptive':
-        start = torch.div(i * size, n, rounding_mode='trunc')
-        return start, torch.div((i + 1) * size + n - 1, n, rounding_mode='trunc')
+        return (i * size) // n, ((i + 1) * size + n - 1) // n
     if bins == 'sppnet':
         # a map smaller than the level (stride size // n = 0): one row per bin, row floor(i * size / n); the test
         # is a tensor so an exported graph keeps both cases instead of guarding on the size
         small = ((i[:1] * 0 + size) < n).to(i.dtype)
-        start = i * (size // n) + small * torch.div(i * size, n, rounding_mode='trunc')
+        start = i * (size // n) + small * ((i * size) // n)
         return start, start + (size + n - 1) // n  # window ceil(size / n), 1 when size < n
     raise ValueError("unknown SPP binning '" + bins + "': choose 'sppnet' or 'adaptive'")
 
@@ -89,7 +87,7 @@ def spp_num_bins(levels: Sequence[int]) -> int:
     return sum(n * n for n in levels)
 
 
-@register_notrace_module  # bin masks depend on the input size: FX cannot trace them symbolically
+@register_notrace_module  # bin bounds depend on the input size: FX cannot trace them symbolically
 class SpatialPyramidPool(nn.Module):
     """Spatial pyramid max pooling; any map of at least 1 x 1 gives a vector of ``C * num_bins``."""
 
