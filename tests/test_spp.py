@@ -1,4 +1,5 @@
-"""Spatial pyramid pooling, both binning rules, at any size, in eager, TorchScript and ONNX Runtime.
+"""Spatial pyramid pooling, both binning rules, at any size, in eager, TorchScript, and exported to ONNX in ONNX
+Runtime, OpenVINO and onnx.reference.
 
 'sppnet' is checked against a plain-Python loop over SPP-net's windows (ceil(a/n) wide, floor(a/n) apart), 'adaptive'
 against torch's adaptive_max_pool2d.
@@ -11,6 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from timm_prelu.layers import SpatialPyramidPool, spatial_pyramid_pool, spp_bin_mask, spp_num_bins
+
+from runtimes import RUNTIMES, load
 
 LEVELS = (7, 3, 2, 1)
 # 1x1 up to larger than the 14x14 a 224 px image gives; non-square, prime and smaller-than-the-level sizes.
@@ -173,21 +176,39 @@ def test_unknown_rule_is_rejected():
         SpatialPyramidPool(LEVELS, 'floor')
 
 
-@pytest.mark.parametrize('bins', ['sppnet', 'adaptive'])
-def test_onnx_export_with_dynamic_height_and_width(tmp_path, bins):
-    import onnxruntime as ort
-    path = tmp_path / 'spp.onnx'
+@pytest.fixture(scope='module')
+def spp_onnx(tmp_path_factory):
+    """The SPP alone exported with dynamic batch / height / width, one file per binning rule."""
+    root = tmp_path_factory.mktemp('spp-onnx')
     dims = dict(batch=torch.export.Dim('batch', min=1, max=64), height=torch.export.Dim('height', min=1, max=1024),
                 width=torch.export.Dim('width', min=1, max=1024))
-    program = torch.onnx.export(
-        SpatialPyramidPool(LEVELS, bins).eval(), (torch.randn(2, 3, 9, 13),), dynamo=True, verbose=False,
-        input_names=['x'], output_names=['bins'],
-        dynamic_shapes={'x': {0: dims['batch'], 2: dims['height'], 3: dims['width']}})
-    program.save(str(path))
-    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    paths = {}
+    for bins in ('sppnet', 'adaptive'):
+        program = torch.onnx.export(
+            SpatialPyramidPool(LEVELS, bins).eval(), (torch.randn(2, 3, 9, 13),), dynamo=True, verbose=False,
+            input_names=['x'], output_names=['bins'],
+            dynamic_shapes={'x': {0: dims['batch'], 2: dims['height'], 3: dims['width']}})
+        paths[bins] = tmp_path_factory.mktemp(bins) / 'spp.onnx'
+        program.save(str(paths[bins]))
+    return paths
+
+
+@pytest.mark.parametrize('runtime', RUNTIMES)
+@pytest.mark.parametrize('bins', ['sppnet', 'adaptive'])
+def test_onnx_export_with_dynamic_height_and_width(spp_onnx, bins, runtime):
+    """One compiled graph, every size: bit for bit the rule's bins in each runtime."""
+    run = load(spp_onnx[bins], runtime)
     # maps smaller, equal and larger than each level, the 13 / 14 / 15 / 29 px of the reference
     for shape in [(1, 3, 1, 1), (3, 3, 5, 2), (1, 3, 13, 13), (1, 3, 14, 14), (1, 3, 15, 29), (2, 3, 23, 31),
                   (1, 3, 60, 7)]:
         x = torch.randn(*shape)
-        (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        out = run(x.numpy())
         assert np.array_equal(out, reference(x, bins).numpy()), shape
+
+
+def test_onnx_graph_has_no_bin_masks(spp_onnx):
+    """Bins are gathered rows reduced on a reshaped view, not (n, H, W) masks selecting from a broadcast map (Where):
+    ONNX Runtime runs the masks several times slower."""
+    import onnx
+    ops = {node.op_type for node in onnx.load(str(spp_onnx['sppnet'])).graph.node}
+    assert {'Gather', 'ReduceMax'} <= ops and 'Where' not in ops, ops

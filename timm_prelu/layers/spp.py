@@ -13,40 +13,57 @@ concatenated. Two binning rules:
   every row of every level is covered.
 
 torch's ONNX exporters cannot export ``adaptive_max_pool2d`` with dynamic height and width, and slicing at
-size-dependent offsets makes torch.export guard on the sizes, so bins are masks instead (integer products, no
-branch on the size). Max pooling is separable, so each level pools rows, then columns.
+size-dependent offsets makes torch.export guard on the sizes. So each level gathers the rows of its bins, bin after
+bin, padded to the longest bin by repeating the bin's last row, and takes the max over each bin's rows: a Gather
+and a ReduceMax on a reshaped view, integer index arithmetic on the sizes and no branch on them. Max pooling is
+separable, so each level pools rows, then columns. Every runtime tried (ONNX Runtime, OpenVINO, ``onnx.reference``)
+runs the exported graph with dynamic height and width.
 """
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from timm.layers import register_notrace_module
 
-__all__ = ['SpatialPyramidPool', 'spatial_pyramid_pool', 'spp_bin_mask', 'spp_num_bins', 'SPP_BINS']
+__all__ = ['SpatialPyramidPool', 'spatial_pyramid_pool', 'spp_bin_bounds', 'spp_bin_mask', 'spp_num_bins',
+           'SPP_BINS']
 
 SPP_BINS = ('sppnet', 'adaptive')
 
 
-def spp_bin_mask(size: int, n: int, device: torch.device, bins: str = 'sppnet') -> torch.Tensor:
-    """(n, size) bool: entry [i, r] says whether position r falls in bin i of a level with n bins."""
-    i = torch.arange(n, device=device).unsqueeze(1)
-    r = torch.arange(size, device=device).unsqueeze(0)
+def spp_bin_bounds(size: int, n: int, device: torch.device, bins: str = 'sppnet') -> Tuple[torch.Tensor, torch.Tensor]:
+    """(start, stop), each (n,) int64: bin i of a level with n bins covers positions [start[i], stop[i])."""
+    i = torch.arange(n, device=device)
     if bins == 'adaptive':
-        return (i * size < (r + 1) * n) & (r * n < (i + 1) * size)
+        return (i * size) // n, ((i + 1) * size + n - 1) // n
     if bins == 'sppnet':
-        start = i * (size // n)
-        sppnet = (r >= start) & (r < start + (size + n - 1) // n)
-        one_row = (r * n <= i * size) & (i * size < (r + 1) * n)  # r = floor(i * size / n)
-        small = (i * 0 + size) < n  # a tensor: an exported graph keeps both cases instead of guarding on the size
-        return (small & one_row) | (~small & sppnet)  # not torch.where: ONNX Runtime has no bool Where
+        # a map smaller than the level (stride size // n = 0): one row per bin, row floor(i * size / n); the test
+        # is a tensor so an exported graph keeps both cases instead of guarding on the size
+        small = ((i[:1] * 0 + size) < n).to(i.dtype)
+        start = i * (size // n) + small * ((i * size) // n)
+        return start, start + (size + n - 1) // n  # window ceil(size / n), 1 when size < n
     raise ValueError("unknown SPP binning '" + bins + "': choose 'sppnet' or 'adaptive'")
 
 
-def _pool_rows(x: torch.Tensor, n: int, bins: str) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, n, W)"""
-    mask = spp_bin_mask(x.shape[-2], n, x.device, bins).unsqueeze(-1)  # (n, H, 1)
-    return torch.where(mask, x.unsqueeze(-3), float('-inf')).amax(dim=-2)
+def spp_bin_mask(size: int, n: int, device: torch.device, bins: str = 'sppnet') -> torch.Tensor:
+    """(n, size) bool: entry [i, r] says whether position r falls in bin i of a level with n bins."""
+    start, stop = spp_bin_bounds(size, n, device, bins)
+    r = torch.arange(size, device=device).unsqueeze(0)
+    return (r >= start.unsqueeze(1)) & (r < stop.unsqueeze(1))
+
+
+def _pool_dim(x: torch.Tensor, n: int, bins: str, dim: int) -> torch.Tensor:
+    """Max over each of the n bins along ``dim`` (0 or 1 of an (H, W, B, C) map): size a there becomes n."""
+    size = x.shape[dim]
+    start, stop = spp_bin_bounds(size, n, x.device, bins)
+    longest = (size + n - 1) // n + (1 if bins == 'adaptive' else 0)  # no bin of either rule is longer
+    offsets = torch.arange(longest, device=x.device)
+    index = torch.minimum(start.unsqueeze(1) + offsets, stop.unsqueeze(1) - 1)  # (n, longest): repeats are harmless
+    rows = x.index_select(dim, index.flatten())
+    if dim == 0:
+        return rows.reshape(n, longest, x.shape[1], x.shape[2], x.shape[3]).amax(dim=1)
+    return rows.reshape(x.shape[0], n, longest, x.shape[2], x.shape[3]).amax(dim=2)
 
 
 def spatial_pyramid_pool(x: torch.Tensor, levels: List[int] = (7, 3, 2, 1), bins: str = 'sppnet') -> torch.Tensor:
@@ -54,11 +71,15 @@ def spatial_pyramid_pool(x: torch.Tensor, levels: List[int] = (7, 3, 2, 1), bins
 
     ``bins``: 'sppnet' (window ceil(a/n), stride floor(a/n)) or 'adaptive' (as ``adaptive_max_pool2d``).
     """
+    # (H, W, B, C): a gathered row or column is then one contiguous block, and the reductions run over outer axes
+    hwbc = x.permute(2, 3, 0, 1)
     outs: List[torch.Tensor] = []
     for n in levels:
-        rows = _pool_rows(x, n, bins)  # (B, C, n, W)
-        pooled = _pool_rows(rows.transpose(-1, -2), n, bins).transpose(-1, -2)  # (B, C, n, n)
-        outs.append(pooled.flatten(1))
+        if n == 1:  # one bin: the whole map under either rule
+            outs.append(x.amax(dim=(-2, -1)))
+            continue
+        pooled = _pool_dim(_pool_dim(hwbc, n, bins, 0), n, bins, 1)  # (n, W, B, C), then (n, n, B, C)
+        outs.append(pooled.permute(2, 3, 0, 1).flatten(1))
     return torch.cat(outs, dim=1)
 
 
@@ -66,7 +87,7 @@ def spp_num_bins(levels: Sequence[int]) -> int:
     return sum(n * n for n in levels)
 
 
-@register_notrace_module  # bin masks depend on the input size: FX cannot trace them symbolically
+@register_notrace_module  # bin bounds depend on the input size: FX cannot trace them symbolically
 class SpatialPyramidPool(nn.Module):
     """Spatial pyramid max pooling; any map of at least 1 x 1 gives a vector of ``C * num_bins``."""
 
