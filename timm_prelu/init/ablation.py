@@ -126,7 +126,7 @@ class SmallNet(nn.Module):
         return self.fc3(x)
 
     def spp(self, x: torch.Tensor) -> torch.Tensor:
-        # adaptive bins, as timm_prelu.layers.SpatialPyramidPool (whose mask form exports to ONNX; slower to train)
+        # the bins of SpatialPyramidPool(bins='adaptive'), with torch's own kernel: this network is never exported
         return torch.cat([F.adaptive_max_pool2d(x, n).flatten(1) for n in self.spp_levels], dim=1)
 
     def slopes(self) -> List[float]:
