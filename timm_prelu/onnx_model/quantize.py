@@ -31,7 +31,7 @@ from ..inference.folders import IMAGE_EXTENSIONS
 from ..inference.precision import cpu_isa, native_int8
 from .runtime import METADATA_KEY, PRETRAINED_CFG_KEY, read_metadata
 
-__all__ = ['export_int8', 'quantize_graph', 'find_calibration_images', 'CalibrationImages', 'prelu_as_leaky_relu',
+__all__ = ['export_int8', 'quantize_onnx', 'quantize_graph', 'find_calibration_images', 'CalibrationImages', 'prelu_as_leaky_relu',
            'DEFAULT_CALIBRATION_COUNT', 'MAX_CALIBRATION_ENTRIES']
 
 DEFAULT_CALIBRATION_COUNT = 64
@@ -166,6 +166,12 @@ def prelu_as_leaky_relu(model: Any) -> int:
     return rewritten
 
 
+def _unreadable(calibrate: Any, paths: Sequence[Path], reader: CalibrationImages) -> DatasetError:
+    return DatasetError(f'{calibrate}: none of the {len(paths)} calibration files could be read as an image '
+                        f'({reader.skipped[0] if reader.skipped else "no image"}): pass a folder of .png / .jpg '
+                        f'images', param='calibrate')
+
+
 def _one_import_per_domain(model: Any) -> None:
     """Drop repeated opset imports (a composed graph lists the default domain twice; the quantizer wants one)."""
     seen = {}
@@ -228,15 +234,14 @@ def quantize_graph(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], c
         del proto
         try:
             _quantize(rewritten, Path(dst), reader, reduce_range)
-        except DatasetError:
-            raise
         except Exception as e:  # the quantizer raises plain exceptions for graphs it cannot handle
+            if reader.used == 0:
+                raise _unreadable(calibrate, paths, reader) from e
             raise OnnxModelError(f'ONNX Runtime could not quantize {src} ({type(e).__name__}: '
                                  f'{str(e).splitlines()[0][:300] if str(e) else ""}): re-export it with this version '
                                  f'of timm-prelu, or report the error', param='path') from e
     if reader.used == 0:
-        raise DatasetError(f'{calibrate}: none of the {len(paths)} calibration files could be read as an image '
-                           f'({reader.skipped[0]}): pass a folder of .png / .jpg images', param='calibrate')
+        raise _unreadable(calibrate, paths, reader)
     facts = {
         'precision': 'int8', 'calibration_count': reader.used, 'calibration_skipped': len(reader.skipped),
         'quantization': {
@@ -259,6 +264,19 @@ def quantize_graph(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], c
     return facts
 
 
+def _check_one_readable(calibrate: Any, paths: Sequence[Path]) -> None:
+    from ..inference.images import ImageError, load_image
+    problems = []
+    for path in paths:
+        try:
+            load_image(path)
+            return
+        except ImageError as e:
+            problems.append(str(e))
+    raise DatasetError(f'{calibrate}: none of the {len(paths)} calibration files could be read as an image '
+                       f'({problems[0]}): pass a folder of .png / .jpg images', param='calibrate')
+
+
 def _check_runs(path: Path) -> None:
     """The int8 graph loads in ONNX Runtime and gives finite scores of the right shape."""
     from .runtime import OnnxModel
@@ -271,6 +289,21 @@ def _check_runs(path: Path) -> None:
     if not np.isfinite(model.run(x)).all():
         raise OnnxModelError(f'the int8 graph {path.name} gives non-finite outputs: report this with your '
                              f'onnxruntime version')
+
+
+def quantize_onnx(src: Union[str, os.PathLike], path: Union[str, os.PathLike], calibrate: Union[str, os.PathLike],
+                  calibrate_count: int = DEFAULT_CALIBRATION_COUNT, overwrite: bool = False) -> Path:
+    """Quantize an existing float32 model graph from ``export_onnx`` into ``path``, atomically (one graph; for the
+    split graphs use :func:`export_int8` with ``split=True``). Returns ``path``."""
+    from ..outputs import finished_output_file
+    from .export import check_export_destination
+    check_export_destination(path, overwrite=overwrite, inputs=[src, calibrate])
+    images = find_calibration_images(calibrate, calibrate_count)
+    _check_one_readable(calibrate, images)
+    with finished_output_file(path, overwrite, inputs=[src, calibrate], param='path') as tmp:
+        quantize_graph(src, tmp, calibrate, calibrate_count, images=images)
+        _check_runs(tmp)
+    return Path(path)
 
 
 def export_int8(model_or_name: Any, path: Union[str, os.PathLike], calibrate: Union[str, os.PathLike],
@@ -299,6 +332,7 @@ def export_int8(model_or_name: Any, path: Union[str, os.PathLike], calibrate: Un
         else None
     targets = check_export_destination(path, split=split, overwrite=overwrite, inputs=[source, calibrate])
     images = find_calibration_images(calibrate, calibrate_count)  # before the export: a bad folder fails fast
+    _check_one_readable(calibrate, images)
     with tempfile.TemporaryDirectory(prefix='timm-prelu-export-') as tmp:
         float_path = Path(tmp) / Path(path).name  # same file names: the split graphs' names in the metadata hold
         exported = export_onnx(model_or_name, float_path, split=split, **export_kwargs)
