@@ -66,8 +66,9 @@ class TorchBf16Backend(TorchBackend):
     """:class:`TorchBackend` with bfloat16 weights and channels-last bfloat16 activations (float32 in and out)."""
 
     def __init__(self, model: Any, device: Optional[str] = None) -> None:
+        import copy
         import torch
-        super().__init__(model, device=device)
+        super().__init__(copy.deepcopy(model), device=device)  # the caller's model stays float32
         self.model = self.model.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
         note = bf16_note() if self.device.type == 'cpu' else ''
         if note:
