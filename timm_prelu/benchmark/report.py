@@ -13,10 +13,11 @@ from ..formatting import markdown_table
 from ..outputs import save_figure
 from .machine import machine_rows
 from .memory import MEMORY_METHOD
+from .precision import PRECISION_TABLES, precision_markdown
 
 __all__ = ['TABLES', 'SECTIONS', 'GPU_ONLY_SECTIONS', 'write_report', 'busy_warning', 'format_value', 'render_table']
 
-SECTIONS = ('activation', 'paths', 'dense', 'scaling', 'eval', 'train')
+SECTIONS = ('activation', 'paths', 'dense', 'scaling', 'eval', 'precision', 'train')
 GPU_ONLY_SECTIONS = ('train',)
 
 # table key -> (CSV file, [(row key, Markdown column label)])
@@ -70,6 +71,7 @@ TABLES: Dict[str, Tuple[str, List[Tuple[str, str]]]] = {
         ('model', 'model'), ('img_size', 'size'), ('batch', 'batch'), ('flags', 'train.py flags'),
         ('log_lines', 'log lines'), ('images_per_s', 'images/s, median'), ('min_images_per_s', 'min'),
         ('max_images_per_s', 'max')]),
+    **PRECISION_TABLES,
 }
 
 
@@ -304,6 +306,8 @@ def write_report(results: Dict, out: Path) -> Path:
         tables['eval_scaling'] = sections['eval']['rows']
     if 'train' in sections:
         tables['train'] = sections['train']['rows']
+    if 'precision' in sections:
+        tables['precision'] = sections['precision']['rows']
     for key, rows in tables.items():
         csv_name, columns = TABLES[key]
         _write_csv(out / csv_name, rows, [k for k, _ in columns])
@@ -402,6 +406,8 @@ def write_report(results: Dict, out: Path) -> Path:
                'other).', ''] + [f'- {n}' for n in sections['eval'].get('notes', [])]
         md += ['', render_table('eval_scaling', tables['eval_scaling'])]
 
+    if 'precision' in sections:
+        md += [''] + precision_markdown(sections['precision'], render_table)
     md += ['', '## GPU', ''] + _gpu_lines(results, tables)
     md += ['', f'Raw data: {", ".join(TABLES[k][0] for k in tables)}, results.json.', '']
     path = out / 'BENCHMARKS.md'

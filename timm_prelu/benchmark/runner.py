@@ -42,6 +42,8 @@ def profile_settings(quick: bool) -> Dict:
                          img_size=64, repeats=3, budget_s=None),
             eval=dict(model='prelu_model_a', model_kwargs=narrow, images=12, img_size=64, scales=(64,),
                       views=('full',), processes=(1, 2), repeats=1),
+            precision=dict(speed=None, accuracy=dict(model_kwargs=narrow, img_size=32, epochs=4, calibrate_count=32),
+                           repeats=3, budget_s=None),
         )
     return dict(
         matmul_n=4096, matmul_repeats=7,
@@ -58,6 +60,9 @@ def profile_settings(quick: bool) -> Dict:
                      batches=(1, 2, 4, 8), img_size=224, repeats=3, budget_s=20.0),
         eval=dict(model='prelu_model_a', model_kwargs={}, images=16, img_size=256, scales=(256,), views=('full',),
                   processes=(1, 2), repeats=2),
+        precision=dict(speed=dict(model='prelu_model_a', model_kwargs={}, img_size=224, batch=1, calibrate_count=32),
+                       accuracy=dict(model_kwargs=dict(width_mult=0.25, fc_dim=256), img_size=32, epochs=12,
+                                     calibrate_count=64), repeats=5, budget_s=30.0),
     )
 
 
@@ -187,7 +192,7 @@ def run_benchmarks(
     started = datetime.datetime.now().astimezone()
     t0 = time.perf_counter()
     steps = (2 + 4 * ('activation' in sections) + len(settings['dense']['scales']) * ('dense' in sections)
-             + 2 * ('scaling' in sections) + ('train' in sections)
+             + 2 * ('scaling' in sections) + ('train' in sections) + 2 * ('precision' in sections)
              + len(settings['eval']['processes']) * settings['eval']['repeats'] * ('eval' in sections)
              + sum(len(s.configs) for s in settings['paths']['specs']) * ('paths' in sections))
     progress = _Progress(steps)
@@ -235,6 +240,11 @@ def run_benchmarks(
                     rows, notes = eval_scaling(Path(tmp), s['model'], s['model_kwargs'], s['images'], s['img_size'],
                                                s['scales'], s['views'], s['processes'], s['repeats'], progress)
                 sec['eval'] = dict(rows=rows, notes=notes)
+            if 'precision' in sections:
+                from .precision import precision_section
+                with tempfile.TemporaryDirectory(dir=work, prefix='precision-') as tmp:  # digits and graphs
+                    sec['precision'] = precision_section(Path(tmp), threads=torch.get_num_threads(),
+                                                         progress=progress, **settings['precision'])
 
             if 'train' in sections:
                 progress('train.py throughput')
@@ -274,6 +284,7 @@ def _settings_record(settings: Dict) -> Dict:
         rec[key]['model'] = model_label(settings[key]['model'], settings[key]['model_kwargs'])
     from .dense_vs_crops import EXACT_TOLERANCE
     rec['dense']['tolerance'] = EXACT_TOLERANCE
+    rec['precision'] = settings['precision']
     rec['paths'] = dict(repeats=settings['paths']['repeats'], budget_s=settings['paths']['budget_s'],
                         models=[dict(name=s.name, label=s.label, configs=list(s.configs), kwargs=s.kwargs)
                                 for s in settings['paths']['specs']])

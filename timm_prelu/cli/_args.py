@@ -15,6 +15,7 @@ PARAM_FLAGS = {
     'device': '--device', 'sections': '--sections', 'threads': '--threads', 'views': '--views', 'scales': '--scales',
     'steps': '--steps', 'example_input': '--img-size', 'opset': '--opset', 'protocol': '--protocol',
     'providers': '--providers', 'flip': '--no-flip', 'crop_size': '--crop-size',
+    'calibrate': '--calibrate', 'calibrate_count': '--calibrate-count', 'precision': '--precision',
 }
 
 

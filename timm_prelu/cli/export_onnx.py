@@ -1,5 +1,6 @@
 """`timm-prelu export-onnx`: a PReLU-net to ONNX (dynamic batch / height / width, timm config in the metadata)."""
 import argparse
+import functools
 from pathlib import Path
 
 from ._args import add_model_source_args, check_output, parse_model_kwargs, resolve_from_args
@@ -12,6 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     'verified against PyTorch, with timm\'s pretrained_cfg and the weights\' source in its metadata. '
                     '--split also writes NAME.backbone.onnx and NAME.head.onnx for dense multi-view inference.',
         epilog='examples: timm-prelu export-onnx prelu_model_c.in1k --pretrained -o c.onnx --split\n'
+               '          timm-prelu export-onnx prelu_model_c.in1k --pretrained -o c.int8.onnx --int8 --calibrate val/\n'
                '          timm-prelu export-onnx output/train/run/model_best.pth.tar -o run.onnx --split',
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('model', metavar='MODEL_OR_CHECKPOINT_OR_HUB_ID',
@@ -21,6 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--opset', type=int, default=None, metavar='N', help="ONNX opset (default: torch's default)")
     p.add_argument('--fp16', action='store_true', help='float16 weights and compute, float32 inputs/outputs')
     p.add_argument('--split', action='store_true', help='also write the backbone and head graphs (dense views)')
+    p.add_argument('--int8', action='store_true',
+                   help='int8 graph(s) for CPU serving: ONNX Runtime static quantization, calibrated on --calibrate')
+    p.add_argument('--calibrate', default=None, metavar='FOLDER',
+                   help='--int8: folder of calibration images like those the model will see (or an ImageFolder)')
+    p.add_argument('--calibrate-count', type=int, default=None, metavar='N',
+                   help='--int8: most calibration images used (default 64, taken evenly through the folder)')
     p.add_argument('--model', dest='model_name', default=None, metavar='NAME',
                    help='architecture of a checkpoint that does not record it')
     add_model_source_args(p)
@@ -61,13 +69,28 @@ def run_protocol(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from ..onnx_model.export import export_onnx
+    from ..errors import ConfigError
+    if args.protocol and args.int8:
+        raise ConfigError('a protocol graph is float32: export --int8 without --protocol', param='protocol')
     if args.protocol:
         return run_protocol(args)
     from ..onnx_model.runtime import read_metadata
+    if (args.calibrate or args.calibrate_count is not None) and not args.int8:
+        raise ConfigError('calibration images are for the int8 graph: add --int8', param='calibrate')
+    if args.int8 and (not args.calibrate or args.fp16):
+        raise ConfigError('an int8 graph is calibrated on images the model will see: give a folder of them (and '
+                          'no --fp16)', param='calibrate')
     check_output(args.output, '-o', kind='onnx', split=args.split, overwrite=args.overwrite,
-                 inputs=[args.model if Path(args.model).exists() else None, args.labels])
-    result = export_onnx(
-        args.model, args.output, opset=args.opset, fp16=args.fp16, split=args.split, model_name=args.model_name,
+                 inputs=[args.model if Path(args.model).exists() else None, args.labels, args.calibrate])
+    if args.int8:
+        from ..onnx_model.quantize import DEFAULT_CALIBRATION_COUNT, export_int8
+        export = functools.partial(export_int8, calibrate=args.calibrate,
+                                   calibrate_count=DEFAULT_CALIBRATION_COUNT if args.calibrate_count is None
+                                   else args.calibrate_count)
+    else:
+        export = functools.partial(export_onnx, fp16=args.fp16)
+    result = export(
+        args.model, args.output, opset=args.opset, split=args.split, model_name=args.model_name,
         model_kwargs=parse_model_kwargs(args.model_kwargs), num_classes=args.num_classes,
         pretrained=args.pretrained, label_names=args.labels, input_size=args.input_size, verify=args.verify,
         use_ema=args.use_ema, overwrite=args.overwrite)
@@ -79,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
                                        or source.get('repo_id') else ''))
     print(f'input {cfg["input_size"][1]}x{cfg["input_size"][2]}, mean {cfg["mean"]}, std {cfg["std"]}, '
           f'{cfg["interpolation"]}; labels: {"yes" if cfg.get("label_names") else "none"}')
+    if args.int8:
+        q = info['quantization']
+        print(f'int8 (QDQ): weights {q["weights"]}, activations {q["activations"]} on {info["calibration_count"]} '
+              f'image(s) from {args.calibrate}' + (f' ({info["calibration_skipped"]} unreadable, skipped)'
+                                                    if info['calibration_skipped'] else '')
+              + f'; {q["prelu_as_leaky_relu"]} single-slope PReLU(s) run as int8 LeakyRelu')
     for path in result.paths:
         print(f'wrote {path}')
     return 0

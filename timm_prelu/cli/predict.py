@@ -21,6 +21,9 @@ def add_predictor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--threads', type=int, default=None, metavar='N',
                    help="CPU threads per ONNX Runtime session (default: onnxruntime's choice)")
     p.add_argument('--device', default=None, help='PyTorch device for --model (default: cuda if available, else cpu)')
+    p.add_argument('--precision', default='fp32', choices=('fp32', 'bf16'),
+                   help='--model: bf16 runs bfloat16 weights, channels-last (fast on CPUs with AVX512-BF16 / AMX); '
+                        'an --onnx file runs in the precision it was exported in (export-onnx --int8)')
     p.add_argument('--scales', type=int, nargs='+', default=[256, 384, 480], metavar='S',
                    help="shorter-side sizes (default 256 384 480: the scales of the paper's Table 4; combining "
                         "these three is this project's choice, the paper does not list its multi-scale set)")
@@ -48,6 +51,9 @@ def build_predictor(args: argparse.Namespace):
             raise UserError('--checkpoint / --model-kwargs / --num-classes / --pretrained / --use-ema describe a '
                             'PyTorch model: drop them with --onnx (the ONNX file carries its own configuration)')
         device_id = getattr(args, 'cuda_device_id', 0)  # set by `eval` under torchrun: the process's GPU
+        if args.precision != 'fp32':
+            raise UserError('an ONNX file runs in the precision it was exported in: drop --precision, or export '
+                            'an int8 graph with `timm-prelu export-onnx --int8`', param='precision')
         resolved = resolve_from_args(args, args.onnx, allow_onnx=True,
                                      onnx_options={'providers': args.provider, 'threads': args.threads,
                                                    'device_id': device_id})
@@ -57,7 +63,11 @@ def build_predictor(args: argparse.Namespace):
         spec, name = (args.checkpoint, args.model) if args.checkpoint else (args.model, None)
         resolved = resolve_from_args(args, spec, model_name=name)
         device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-        backend = TorchBackend(resolved.model, device=device)
+        if args.precision == 'bf16':
+            from ..inference.precision import TorchBf16Backend
+            backend = TorchBf16Backend(resolved.model, device=device)
+        else:
+            backend = TorchBackend(resolved.model, device=device)
     views = args.views
     if views is None:
         views = ['dense'] if backend.supports_dense else ['full']
