@@ -3,7 +3,7 @@ import argparse
 import shlex
 import sys
 
-SECTIONS = ('activation', 'paths', 'dense', 'scaling', 'train')  # kept equal to timm_prelu.benchmark.SECTIONS by a test
+SECTIONS = ('activation', 'paths', 'dense', 'protocol', 'scaling', 'train')  # kept equal to timm_prelu.benchmark.SECTIONS by a test
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
