@@ -11,8 +11,9 @@ stride 1 over the whole map, read at the bin's offset inside the window; fc1, fc
 convolutions over the resulting (bins x channels) map. :class:`DenseHead` is that head; it equals the head run
 window by window.
 
-The resize is in the graph: ``F.interpolate`` with antialiasing (the filter PIL uses when it shrinks) and the result
-rounded to the 0..255 grid as PIL's 8-bit resize gives it; see :func:`resize_shorter_side`.
+The resize is in the graph: PIL's resampling filter as two matrix products, rounded to the 0..255 grid as PIL's
+8-bit resize gives it; see :func:`resize_shorter_side`. :func:`export_protocol` exports the resize of each scale and
+the scoring network apart and joins them into one graph (see :func:`_stitch`).
 """
 import json
 import os
@@ -28,7 +29,7 @@ from ..errors import ConfigError, OnnxModelError
 from ..outputs import finished_output_file
 
 __all__ = ['PROTOCOLS', 'PROTOCOL_METADATA_KEY', 'DenseHead', 'ProtocolModel', 'export_protocol', 'spp_bins_of',
-           'resize_shorter_side', 'five_crop_offsets']
+           'resize_shorter_side', 'resize_weights', 'five_crop_offsets']
 
 PROTOCOLS = ('dense', 'ten_crop', 'full')
 PROTOCOL_METADATA_KEY = 'timm_prelu_protocol'  # JSON a service reads: labels, scales, views, mean / std, resize
@@ -121,8 +122,9 @@ class DenseHead(nn.Module):
         return self.head(x)
 
 
-_FILTER_SUPPORT = {'bilinear': 1.0, 'bicubic': 2.0}
-_TIE = 1e-3  # a value this close below k + 0.5 rounds up, as PIL's fixed-point resize rounds halves up
+# A value this close below k + 0.5 rounds up: exact halves are common when enlarging, and runtimes whose float sums
+# land a hair either side of them then still agree (PIL's fixed-point sum also rounds halves up).
+_TIE = 1e-3
 
 
 def _filter(x: torch.Tensor, interpolation: str) -> torch.Tensor:
@@ -284,8 +286,8 @@ def protocol_metadata(protocol: ProtocolModel, label_names: Optional[Sequence[st
         'scales': protocol.scales,
         'crop_size': protocol.crop_size,
         'averaging': 'softmax probabilities: mean over the views of a scale, then mean over scales',
-        'resize': f'shorter side to each scale, longer side scale * long // short; antialiased '
-                  f'{protocol.interpolation}, rounded to 0..255 (PIL-like)',
+        'resize': f'shorter side to each scale, longer side scale * long // short; PIL\'s {protocol.interpolation} '
+                  f'filter (stretched when shrinking), columns then rows, each rounded to 0..255',
         'mean': [float(v) for v in (protocol.mean.flatten() / 255)],
         'std': [float(v) for v in (protocol.std.flatten() / 255)],
         'label_names': list(label_names) if label_names else None,
