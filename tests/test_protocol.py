@@ -24,6 +24,7 @@ ODD_SIZES = [(37, 53), (61, 45), (71, 97)]
 # Small settings that keep exports short: the dense window is 2 cells (64 px), the ten crops are 32 px.
 DENSE = dict(protocol='dense', scales=(64, 80), crop_size=64)
 TEN_CROP = dict(protocol='ten_crop', scales=(48, 64), crop_size=32)
+FULL = dict(protocol='full', scales=(48,), crop_size=32)  # the SPP over the whole map, at dynamic sizes
 
 
 @pytest.fixture(scope='module')
@@ -40,6 +41,13 @@ def model(one_torch_thread):
 def dense_graph(model, tmp_path_factory):
     path = tmp_path_factory.mktemp('protocol') / 'model.protocol.onnx'
     export_protocol(model, path, label_names=list('abcdefg'), **DENSE)
+    return path
+
+
+@pytest.fixture(scope='module')
+def full_graph(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp('protocol-full') / 'model.protocol.onnx'
+    export_protocol(model, path, **FULL)
     return path
 
 
@@ -230,13 +238,15 @@ def _run_onnxruntime(path, image):
 
 @pytest.mark.parametrize('runtime', [_run_onnxruntime, _run_openvino, _run_reference],
                          ids=['onnxruntime', 'openvino', 'onnx.reference'])
-@pytest.mark.parametrize('which', ['dense', 'ten_crop'])
-def test_protocol_graph_runs_in_every_runtime(model, dense_graph, cli_ten_crop, runtime, which):
+@pytest.mark.parametrize('which', ['dense', 'ten_crop', 'full'])
+def test_protocol_graph_runs_in_every_runtime(model, request, runtime, which):
     """Dynamic height and width at odd sizes, equal to PyTorch within 1e-4."""
     if which == 'dense':
-        path, net = dense_graph, ProtocolModel(model, **DENSE)
+        path, net = request.getfixturevalue('dense_graph'), ProtocolModel(model, **DENSE)
+    elif which == 'full':
+        path, net = request.getfixturevalue('full_graph'), ProtocolModel(model, **FULL)
     else:
-        path = cli_ten_crop[1]
+        path = request.getfixturevalue('cli_ten_crop')[1]
         torch.manual_seed(0)  # the CLI built its model from seed 0 too, with the same kwargs
         net = ProtocolModel(timm.create_model('prelu_model_a', width_mult=0.125, fc_dim=64, num_classes=5).eval(),
                             **TEN_CROP)
