@@ -17,7 +17,7 @@ from .precision import PRECISION_TABLES, precision_markdown
 
 __all__ = ['TABLES', 'SECTIONS', 'GPU_ONLY_SECTIONS', 'write_report', 'busy_warning', 'format_value', 'render_table']
 
-SECTIONS = ('activation', 'paths', 'dense', 'scaling', 'eval', 'precision', 'train')
+SECTIONS = ('activation', 'paths', 'dense', 'protocol', 'scaling', 'eval', 'precision', 'train')
 GPU_ONLY_SECTIONS = ('train',)
 
 # table key -> (CSV file, [(row key, Markdown column label)])
@@ -56,6 +56,17 @@ TABLES: Dict[str, Tuple[str, List[Tuple[str, str]]]] = {
         ('naive_top1_agreement_pct', '(b) same top-1 per view (%)'),
         ('naive_avg_prob_max_abs_diff', '(b) max abs diff of averaged scores'),
         ('avg_top1_same', '(b) same averaged top-1')]),
+    'protocol': ('protocol_graph.csv', [
+        ('protocol', 'views'), ('scale', 'scale'), ('image', 'image'), ('n', 'repeats'),
+        ('graph_median_ms', 'protocol graph, median (ms)'), ('graph_q1_ms', 'graph q1'), ('graph_q3_ms', 'graph q3'),
+        ('python_median_ms', 'split graphs + Python, median (ms)'), ('python_q1_ms', 'Python q1'),
+        ('python_q3_ms', 'Python q3'), ('speedup', 'speed-up'), ('max_abs_diff', 'max abs diff of probs'),
+        ('same_top1', 'same top-1')]),
+    'protocol_heads': ('dense_heads.csv', [
+        ('scale', 'scale'), ('map', 'feature map'), ('windows', 'windows'), ('n', 'repeats'),
+        ('conv_median_ms', 'fully convolutional, median (ms)'), ('conv_q1_ms', 'conv q1'), ('conv_q3_ms', 'conv q3'),
+        ('batched_median_ms', 'window-batched, median (ms)'), ('batched_q1_ms', 'batched q1'),
+        ('batched_q3_ms', 'batched q3'), ('speedup', 'speed-up'), ('max_abs_diff', 'max abs diff of logits')]),
     'scaling': ('scaling.csv', [
         ('sweep', 'sweep'), ('img_size', 'size'), ('batch', 'batch'), ('pixels', 'pixels'), ('n', 'repeats'),
         ('median_ms', 'median (ms)'), ('q1_ms', 'q1 (ms)'), ('q3_ms', 'q3 (ms)'), ('gmacs', 'GMACs'),
@@ -299,6 +310,9 @@ def write_report(results: Dict, out: Path) -> Path:
     if 'dense' in sections:
         tables['dense'] = sections['dense']['rows']
         tables['dense_checks'] = sections['dense']['checks']
+    if 'protocol' in sections:
+        tables['protocol'] = sections['protocol']['rows']
+        tables['protocol_heads'] = sections['protocol']['heads']
     if 'scaling' in sections:
         tables['scaling'] = sections['scaling']['rows']
         tables['scaling_fits'] = sections['scaling']['fits']
@@ -385,6 +399,19 @@ def write_report(results: Dict, out: Path) -> Path:
                render_table('dense', tables['dense']), '', render_table('dense_checks', tables['dense_checks'])]
         if 'dense' in plots:
             md += ['', f'![dense vs crops]({plots["dense"]})']
+
+    if 'protocol' in tables:
+        s = results['settings']['protocol']
+        md += ['', '## Protocol graph and dense heads', '',
+               f'{s["model"]}, one {tables["protocol"][0]["image"]} image, one scale at a time, with flips. Time per '
+               'image from the decoded image to the averaged probabilities: the protocol graph (`export-onnx '
+               '--protocol`: resize, views and averaging inside ONNX Runtime) vs `MultiScalePredictor` over the '
+               'backbone and head graphs (PIL resize, NumPy views, head on batches of windows). The two resize '
+               'differently (see docs/onnx.md), hence the small differences of the scores.', '',
+               render_table('protocol', tables['protocol']), '',
+               'The dense head on the same feature map in PyTorch: fully convolutional (stride-1 max pools, 1x1 '
+               'convolutions) vs the head on batches of windows cut from the map.', '',
+               render_table('protocol_heads', tables['protocol_heads'])]
 
     if 'scaling' in tables:
         s = results['settings']['scaling']

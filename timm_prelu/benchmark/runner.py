@@ -38,6 +38,8 @@ def profile_settings(quick: bool) -> Dict:
                        repeats=3, budget_s=None),
             dense=dict(model='prelu_model_a', model_kwargs=narrow, scales=(256,), crop_batch=8, repeats=3,
                        budget_s=None),
+            protocol=dict(model='prelu_model_a', model_kwargs=narrow, scales=(64,), crop_size=64, image_hw=(120, 90),
+                          repeats=3),
             scaling=dict(model='prelu_model_a', model_kwargs=narrow, scales=(64, 96, 128), batches=(1, 2, 4),
                          img_size=64, repeats=3, budget_s=None),
             eval=dict(model='prelu_model_a', model_kwargs=narrow, images=12, img_size=64, scales=(64,),
@@ -56,6 +58,8 @@ def profile_settings(quick: bool) -> Dict:
                    repeats=3, budget_s=8.0),
         dense=dict(model='prelu_model_a', model_kwargs={}, scales=(256, 384), crop_batch=8, repeats=3,
                    budget_s=None),
+        protocol=dict(model='prelu_model_a', model_kwargs={}, scales=(256, 384, 480), crop_size=None,
+                      image_hw=(500, 375), repeats=3),
         scaling=dict(model='prelu_model_a', model_kwargs={}, scales=(224, 288, 352, 416, 480, 544, 640),
                      batches=(1, 2, 4, 8), img_size=224, repeats=3, budget_s=20.0),
         eval=dict(model='prelu_model_a', model_kwargs={}, images=16, img_size=256, scales=(256,), views=('full',),
@@ -194,6 +198,7 @@ def run_benchmarks(
     steps = (2 + 4 * ('activation' in sections) + len(settings['dense']['scales']) * ('dense' in sections)
              + 2 * ('scaling' in sections) + ('train' in sections) + 2 * ('precision' in sections)
              + len(settings['eval']['processes']) * settings['eval']['repeats'] * ('eval' in sections)
+             + 3 * len(settings['protocol']['scales']) * ('protocol' in sections)
              + sum(len(s.configs) for s in settings['paths']['specs']) * ('paths' in sections))
     progress = _Progress(steps)
     results: Dict = dict(command=command or 'timm-prelu bench', device=device, quick=quick, machine=machine,
@@ -224,6 +229,14 @@ def run_benchmarks(
                 timing, checks = dense_vs_crops(device, s['model'], s['model_kwargs'], s['scales'], s['crop_batch'],
                                                 repeats=s['repeats'], budget_s=s['budget_s'], progress=progress)
                 sec['dense'] = dict(rows=timing, checks=checks)
+
+            if 'protocol' in sections:
+                s = settings['protocol']
+                from .protocol_paths import protocol_paths
+                rows, heads = protocol_paths(s['model'], s['model_kwargs'], s['scales'], crop_size=s['crop_size'],
+                                             image_hw=s['image_hw'], repeats=s['repeats'],
+                                             threads=torch.get_num_threads(), workdir=work, progress=progress)
+                sec['protocol'] = dict(rows=rows, heads=heads)
 
             if 'scaling' in sections:
                 s = settings['scaling']
@@ -279,7 +292,7 @@ def run_benchmarks(
 def _settings_record(settings: Dict) -> Dict:
     """The settings as plain data for the report and results.json."""
     rec = {k: v for k, v in settings.items() if not isinstance(v, dict)}
-    for key in ('activation', 'dense', 'scaling', 'eval'):
+    for key in ('activation', 'dense', 'protocol', 'scaling', 'eval'):
         rec[key] = {k: v for k, v in settings[key].items()}
         rec[key]['model'] = model_label(settings[key]['model'], settings[key]['model_kwargs'])
     from .dense_vs_crops import EXACT_TOLERANCE
