@@ -16,7 +16,7 @@ from .memory import MEMORY_METHOD
 
 __all__ = ['TABLES', 'SECTIONS', 'GPU_ONLY_SECTIONS', 'write_report', 'busy_warning', 'format_value', 'render_table']
 
-SECTIONS = ('activation', 'paths', 'dense', 'scaling', 'train')
+SECTIONS = ('activation', 'paths', 'dense', 'scaling', 'ort_gap', 'train')
 GPU_ONLY_SECTIONS = ('train',)
 
 # table key -> (CSV file, [(row key, Markdown column label)])
@@ -62,6 +62,13 @@ TABLES: Dict[str, Tuple[str, List[Tuple[str, str]]]] = {
     'scaling_fits': ('scaling_fits.csv', [
         ('sweep', 'sweep'), ('quantity', 'quantity'), ('against', 'against'), ('exponent', 'fitted exponent'),
         ('r2', 'R^2'), ('points', 'points')]),
+    'ort_gap': ('ort_gap.csv', [
+        ('graph', 'graph'), ('img_size', 'size'), ('batch', 'batch'), ('threads', 'threads'), ('n', 'repeats'),
+        ('gmacs', 'GMACs'), ('median_ms', 'median (ms)'), ('iqr_pct', 'IQR (%)'), ('gflops', 'GFLOP/s'),
+        ('time_vs_peer', 'time / peer'), ('reorders', 'reorders in ORT graph'), ('prelu_nodes', 'PRelu nodes'),
+        ('max_abs_diff', 'max abs diff vs PyTorch')]),
+    'ort_gap_ops': ('ort_gap_ops.csv', [
+        ('graph', 'graph'), ('kind', 'op kind'), ('ms', 'ms per run'), ('share_pct', 'share (%)')]),
     'train': ('train_throughput.csv', [
         ('model', 'model'), ('img_size', 'size'), ('batch', 'batch'), ('flags', 'train.py flags'),
         ('log_lines', 'log lines'), ('images_per_s', 'images/s, median'), ('min_images_per_s', 'min'),
@@ -296,6 +303,9 @@ def write_report(results: Dict, out: Path) -> Path:
     if 'scaling' in sections:
         tables['scaling'] = sections['scaling']['rows']
         tables['scaling_fits'] = sections['scaling']['fits']
+    if 'ort_gap' in sections:
+        tables['ort_gap'] = sections['ort_gap']['rows']
+        tables['ort_gap_ops'] = sections['ort_gap']['ops']
     if 'train' in sections:
         tables['train'] = sections['train']['rows']
     for key, rows in tables.items():
@@ -384,6 +394,14 @@ def write_report(results: Dict, out: Path) -> Path:
                render_table('scaling', tables['scaling']), '', render_table('scaling_fits', tables['scaling_fits'])]
         if 'scaling' in plots:
             md += ['', f'![scaling]({plots["scaling"]})']
+
+    if 'ort_gap' in tables:
+        md += ['', '## 6. ONNX Runtime fp32: model A against VGG-19', '',
+               'Model A as a plain PRelu graph, as `export_onnx` writes it (PReLUs and fc layers in the forms ONNX '
+               'Runtime keeps in its blocked conv chain, `timm_prelu.onnx_model.graph_forms`), its ReLU twin, and '
+               'the peer, interleaved in one process. Reorders: layout conversions in ORT\'s optimized graph.', '',
+               render_table('ort_gap', tables['ort_gap']), '', render_table('ort_gap_ops', tables['ort_gap_ops'])]
+        md += [''] + [f'- {n}' for n in sections['ort_gap'].get('notes') or []]
 
     md += ['', '## GPU', ''] + _gpu_lines(results, tables)
     md += ['', f'Raw data: {", ".join(TABLES[k][0] for k in tables)}, results.json.', '']

@@ -40,6 +40,8 @@ def profile_settings(quick: bool) -> Dict:
                        budget_s=None),
             scaling=dict(model='prelu_model_a', model_kwargs=narrow, scales=(64, 96, 128), batches=(1, 2, 4),
                          img_size=64, repeats=3, budget_s=None),
+            ort_gap=dict(model='prelu_model_a', model_kwargs=narrow, peer='vgg11', peer_kwargs=dict(mlp_ratio=1 / 64),
+                         img_size=64, repeats=3, budget_s=None),
         )
     return dict(
         matmul_n=4096, matmul_repeats=7,
@@ -54,6 +56,8 @@ def profile_settings(quick: bool) -> Dict:
                    budget_s=None),
         scaling=dict(model='prelu_model_a', model_kwargs={}, scales=(224, 288, 352, 416, 480, 544, 640),
                      batches=(1, 2, 4, 8), img_size=224, repeats=3, budget_s=20.0),
+        ort_gap=dict(model='prelu_model_a', model_kwargs={}, peer='vgg19', peer_kwargs={}, img_size=224, repeats=7,
+                     budget_s=60.0),
     )
 
 
@@ -149,7 +153,7 @@ def run_benchmarks(
         out: Output folder (BENCHMARKS.md, CSVs, PNGs, results.json); replaced as a whole on success.
         device: 'cpu' or 'cuda'.
         quick: The quick profile (narrow networks, small inputs, few repeats).
-        sections: Any of 'activation', 'paths' (with section 3, efficiency), 'dense', 'scaling'.
+        sections: Any of 'activation', 'paths' (with section 3, efficiency), 'dense', 'scaling', 'ort_gap' (ONNX Runtime: model A vs vgg19).
         threads: PyTorch (and ONNX Runtime) threads; default: PyTorch's default for this machine.
         overwrite: Replace an earlier report folder (never a folder timm-prelu did not write).
         command: The command line to print in the report.
@@ -176,7 +180,7 @@ def run_benchmarks(
     started = datetime.datetime.now().astimezone()
     t0 = time.perf_counter()
     steps = (2 + 4 * ('activation' in sections) + len(settings['dense']['scales']) * ('dense' in sections)
-             + 2 * ('scaling' in sections) + ('train' in sections)
+             + 2 * ('scaling' in sections) + ('train' in sections) + 5 * ('ort_gap' in sections)
              + sum(len(s.configs) for s in settings['paths']['specs']) * ('paths' in sections))
     progress = _Progress(steps)
     results: Dict = dict(command=command or 'timm-prelu bench', device=device, quick=quick, machine=machine,
@@ -216,6 +220,13 @@ def run_benchmarks(
                                      progress=progress)
                 sec['scaling'] = dict(rows=rows, fits=fits)
 
+            if 'ort_gap' in sections:
+                from .ort_gap import ort_gap
+                with tempfile.TemporaryDirectory(dir=work, prefix='ort-gap-') as tmp:  # four full-size graphs
+                    rows, ops, notes = ort_gap(Path(tmp), threads=torch.get_num_threads(), progress=progress,
+                                               **settings['ort_gap'])
+                sec['ort_gap'] = dict(rows=rows, ops=ops, notes=notes)
+
             if 'train' in sections:
                 progress('train.py throughput')
                 from .train_throughput import train_throughput
@@ -249,7 +260,7 @@ def run_benchmarks(
 def _settings_record(settings: Dict) -> Dict:
     """The settings as plain data for the report and results.json."""
     rec = {k: v for k, v in settings.items() if not isinstance(v, dict)}
-    for key in ('activation', 'dense', 'scaling'):
+    for key in ('activation', 'dense', 'scaling', 'ort_gap'):
         rec[key] = {k: v for k, v in settings[key].items()}
         rec[key]['model'] = model_label(settings[key]['model'], settings[key]['model_kwargs'])
     from .dense_vs_crops import EXACT_TOLERANCE

@@ -220,8 +220,8 @@ def _rewrite_prelus(graph) -> None:
             nodes.append(helper.make_node('Relu', [scaled], [pos], name=f'{tag}/relu'))
             lin = y
             if not np.all(alpha == 1):
-                lin = fresh(f'{tag}/linear')
-                nodes.append(helper.make_node('Mul', [y, const(f'{tag}/slope_part', alpha)], [lin],
+                lin = fresh(f'{tag}/slope_part')
+                nodes.append(helper.make_node('Mul', [y, const(f'{tag}/slope', alpha)], [lin],
                                               name=f'{tag}/mul_slope'))
             if np.all(beta == 1):
                 nodes.append(helper.make_node('Add', [lin, pos], [result], name=f'{tag}/add'))
