@@ -11,6 +11,7 @@ import torch
 from timm_prelu.models.prelu_net import PReLUNet
 from timm_prelu.onnx_model.export import export_onnx
 from timm_prelu.onnx_model.graph_forms import optimize_for_ort, prelu_forms
+from timm_prelu.onnx_model.runtime import read_metadata
 
 NARROW = dict(width_mult=0.125, fc_dim=64, num_classes=10)
 ODD_SIZES = ((1, 45, 45), (3, 67, 93))  # (batch, height, width): dynamic axes, sides that do not divide by 16
@@ -76,6 +77,7 @@ def test_export_writes_fast_forms_in_every_graph(tmp_path):
     _set_slopes(model)
     paths = export_onnx(model, tmp_path / 'a.onnx', split=True)
     for path in paths.paths:
+        assert read_metadata(path)['graph_forms'] == 'onnxruntime'
         ops = collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
         assert ops['Gemm'] == 0
         if path != paths.head:  # conv layers: no per-channel PRelu left, only the two fc ones in the model graph

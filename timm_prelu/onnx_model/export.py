@@ -334,6 +334,7 @@ def export_onnx(
                 used_opset = next(o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx'))
                 info = _metadata(model, name, source, graph, export_id, fp16, used_opset,
                                  split_names if graph == 'model' else None, weights_sha256)
+                info['graph_forms'] = 'onnxruntime' if ort_forms and not fp16 else 'plain'  # fp16: left as is
                 onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(info),
                                                     PRETRAINED_CFG_KEY: json.dumps(cfg)})
                 proto.doc_string = f'{name} ({graph}) exported by timm-prelu; PReLU-nets, He et al. ICCV 2015'
