@@ -12,6 +12,7 @@ layout reorders (``ReorderInput`` / ``ReorderOutput``) in ORT's optimized graph,
 and where the time goes by op kind (ORT's profiler, a separate session after the timing).
 """
 import collections
+import gc
 import json
 import statistics
 from pathlib import Path
@@ -152,6 +153,7 @@ def ort_gap(
     fast = workdir / 'a-ort-forms.onnx'
     onnx.save(optimize_for_ort(onnx.load(str(plain)), inplace=True), str(fast))
     graphs[f'{label}, ORT forms (export default)'] = dict(path=fast, **ref)
+    gc.collect()
     torch.manual_seed(0)
     twin = timm.create_model(model, **{**model_kwargs, 'act': 'relu'}).eval()
     twin_path = workdir / 'a-relu.onnx'
@@ -168,14 +170,16 @@ def ort_gap(
     del peer_net
 
     progress('ORT gap: sessions')
-    sessions = {}
-    for name, g in graphs.items():
+    for g in graphs.values():  # ORT's optimized graphs, one at a time (a full-size one is 0.7 GB)
         optimized = g['path'].with_suffix('.ort-optimized.onnx')
-        sessions[name] = _session(g['path'], threads, optimized)
+        _session(g['path'], threads, optimized)
         ops = _graph_ops(optimized)
         optimized.unlink()
         g['reorders'] = ops['ReorderInput'] + ops['ReorderOutput']
         g['prelu_nodes'] = ops['PRelu']
+    gc.collect()
+    sessions = {name: _session(g['path'], threads) for name, g in graphs.items()}
+    for name, g in graphs.items():
         g['max_abs_diff'] = float(np.abs(sessions[name].run(None, feed)[0] - g['ref']).max())
 
     progress('ORT gap: interleaved timing')

@@ -397,7 +397,7 @@ def write_report(results: Dict, out: Path) -> Path:
 
     if 'ort_gap' in tables:
         md += ['', '## 6. ONNX Runtime fp32: model A against VGG-19', '',
-               'Model A as a plain PRelu graph, as `export_onnx` writes it (PReLUs and fc layers in the forms ONNX '
+               'Model A as a plain PRelu graph and as `export_onnx` writes it (PReLUs and fc layers in the forms ONNX '
                'Runtime keeps in its blocked conv chain, `timm_prelu.onnx_model.graph_forms`), its ReLU twin, and '
                'the peer, interleaved in one process. Reorders: layout conversions in ORT\'s optimized graph.', '',
                render_table('ort_gap', tables['ort_gap']), '', render_table('ort_gap_ops', tables['ort_gap_ops'])]
