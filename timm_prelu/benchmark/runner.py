@@ -153,7 +153,8 @@ def run_benchmarks(
         out: Output folder (BENCHMARKS.md, CSVs, PNGs, results.json); replaced as a whole on success.
         device: 'cpu' or 'cuda'.
         quick: The quick profile (narrow networks, small inputs, few repeats).
-        sections: Any of 'activation', 'paths' (with section 3, efficiency), 'dense', 'scaling', 'ort_gap' (ONNX Runtime: model A vs vgg19).
+        sections: Any of 'activation', 'paths' (with section 3, efficiency), 'dense', 'scaling', 'ort_gap' (ONNX
+            Runtime: model A vs vgg19).
         threads: PyTorch (and ONNX Runtime) threads; default: PyTorch's default for this machine.
         overwrite: Replace an earlier report folder (never a folder timm-prelu did not write).
         command: The command line to print in the report.

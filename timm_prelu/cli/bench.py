@@ -3,7 +3,8 @@ import argparse
 import shlex
 import sys
 
-SECTIONS = ('activation', 'paths', 'dense', 'scaling', 'ort_gap', 'train')  # kept equal to timm_prelu.benchmark.SECTIONS by a test
+# kept equal to timm_prelu.benchmark.SECTIONS by a test
+SECTIONS = ('activation', 'paths', 'dense', 'scaling', 'ort_gap', 'train')
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
