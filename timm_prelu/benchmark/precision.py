@@ -190,7 +190,7 @@ def precision_markdown(section: Dict[str, Any], render_table: Callable[[str, Lis
     """The report's reduced-precision section."""
     isa = ', '.join(k for k, v in section['isa'].items() if v) or 'none of the listed flags'
     return [
-        '## 7. Reduced precision for CPU serving', '',
+        '## 9. Reduced precision for CPU serving', '',
         f'CPU instruction sets: {isa}. Speed: {section["speed_model"]}, {section["speed_img"]} x '
         f'{section["speed_img"]}, batch {section["batch"]}, {section["threads"]} thread(s), interleaved rounds; '
         'ratio = fp32 ONNX Runtime median / the path\'s median (per-channel PReLU slopes, so PReLUs run in float '

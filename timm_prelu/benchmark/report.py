@@ -17,7 +17,7 @@ from .precision import PRECISION_TABLES, precision_markdown
 
 __all__ = ['TABLES', 'SECTIONS', 'GPU_ONLY_SECTIONS', 'write_report', 'busy_warning', 'format_value', 'render_table']
 
-SECTIONS = ('activation', 'paths', 'dense', 'protocol', 'scaling', 'eval', 'precision', 'train')
+SECTIONS = ('activation', 'paths', 'dense', 'protocol', 'ort_gap', 'scaling', 'eval', 'precision', 'train')
 GPU_ONLY_SECTIONS = ('train',)
 
 # table key -> (CSV file, [(row key, Markdown column label)])
@@ -78,6 +78,13 @@ TABLES: Dict[str, Tuple[str, List[Tuple[str, str]]]] = {
         ('processes', 'processes'), ('threads', 'threads per process'), ('per_rank', 'images per rank'),
         ('n', 'launches'), ('median_s', 'eval time, median (s)'), ('images', 'images'),
         ('images_per_s', 'images/s'), ('speedup', 'speed-up'), ('same_table', 'same error table')]),
+    'ort_gap': ('ort_gap.csv', [
+        ('graph', 'graph'), ('img_size', 'size'), ('batch', 'batch'), ('threads', 'threads'), ('n', 'repeats'),
+        ('gmacs', 'GMACs'), ('median_ms', 'median (ms)'), ('iqr_pct', 'IQR (%)'), ('gflops', 'GFLOP/s'),
+        ('time_vs_peer', 'time / peer'), ('reorders', 'reorders in ORT graph'), ('prelu_nodes', 'PRelu nodes'),
+        ('max_abs_diff', 'max abs diff vs PyTorch')]),
+    'ort_gap_ops': ('ort_gap_ops.csv', [
+        ('graph', 'graph'), ('kind', 'op kind'), ('ms', 'ms per run'), ('share_pct', 'share (%)')]),
     'train': ('train_throughput.csv', [
         ('model', 'model'), ('img_size', 'size'), ('batch', 'batch'), ('flags', 'train.py flags'),
         ('log_lines', 'log lines'), ('images_per_s', 'images/s, median'), ('min_images_per_s', 'min'),
@@ -318,6 +325,9 @@ def write_report(results: Dict, out: Path) -> Path:
         tables['scaling_fits'] = sections['scaling']['fits']
     if 'eval' in sections:
         tables['eval_scaling'] = sections['eval']['rows']
+    if 'ort_gap' in sections:
+        tables['ort_gap'] = sections['ort_gap']['rows']
+        tables['ort_gap_ops'] = sections['ort_gap']['ops']
     if 'train' in sections:
         tables['train'] = sections['train']['rows']
     if 'precision' in sections:
@@ -402,7 +412,7 @@ def write_report(results: Dict, out: Path) -> Path:
 
     if 'protocol' in tables:
         s = results['settings']['protocol']
-        md += ['', '## Protocol graph and dense heads', '',
+        md += ['', '## 5. Protocol graph and dense heads', '',
                f'{s["model"]}, one {tables["protocol"][0]["image"]} image, one scale at a time, with flips. Time per '
                'image from the decoded image to the averaged probabilities: the protocol graph (`export-onnx '
                '--protocol`: resize, views and averaging inside ONNX Runtime) vs `MultiScalePredictor` over the '
@@ -415,7 +425,7 @@ def write_report(results: Dict, out: Path) -> Path:
 
     if 'scaling' in tables:
         s = results['settings']['scaling']
-        md += ['', '## 5. Scaling with input size and batch', '',
+        md += ['', '## 6. Scaling with input size and batch', '',
                f'{s["model"]}, eager PyTorch inference. Fitted exponent: least-squares slope in log-log '
                '(time ~ pixels^exponent; 1 means linear).', '',
                render_table('scaling', tables['scaling']), '', render_table('scaling_fits', tables['scaling_fits'])]
@@ -424,7 +434,7 @@ def write_report(results: Dict, out: Path) -> Path:
 
     if 'eval_scaling' in tables:
         s = results['settings']['eval']
-        md += ['', '## 6. Eval throughput across processes', '',
+        md += ['', '## 7. Eval throughput across processes', '',
                f'`timm-prelu eval`\'s evaluation (`evaluate_folder`) of {s["model"]} on one folder, by one process '
                'and by `torchrun --standalone --nproc-per-node N` (gloo), each process with cores / N threads, '
                'launches alternated. Timed from a barrier after the model is built and warmed up to the end of '
@@ -435,6 +445,14 @@ def write_report(results: Dict, out: Path) -> Path:
 
     if 'precision' in sections:
         md += [''] + precision_markdown(sections['precision'], render_table)
+    if 'ort_gap' in tables:
+        md += ['', '## 8. ONNX Runtime fp32: model A against VGG-19', '',
+               'Model A as a plain PRelu graph and as `export_onnx` writes it (PReLUs and fc layers in the forms ONNX '
+               'Runtime keeps in its blocked conv chain, `timm_prelu.onnx_model.graph_forms`), its ReLU twin, and '
+               'the peer, interleaved in one process. Reorders: layout conversions in ORT\'s optimized graph.', '',
+               render_table('ort_gap', tables['ort_gap']), '', render_table('ort_gap_ops', tables['ort_gap_ops'])]
+        md += [''] + [f'- {n}' for n in sections['ort_gap'].get('notes') or []]
+
     md += ['', '## GPU', ''] + _gpu_lines(results, tables)
     md += ['', f'Raw data: {", ".join(TABLES[k][0] for k in tables)}, results.json.', '']
     path = out / 'BENCHMARKS.md'

@@ -46,6 +46,8 @@ def profile_settings(quick: bool) -> Dict:
                       views=('full',), processes=(1, 2), repeats=1),
             precision=dict(speed=None, accuracy=dict(model_kwargs=narrow, img_size=32, epochs=4, calibrate_count=32),
                            repeats=3, budget_s=None),
+            ort_gap=dict(model='prelu_model_a', model_kwargs=narrow, peer='vgg11', peer_kwargs=dict(mlp_ratio=1 / 64),
+                         img_size=64, repeats=3, budget_s=None),
         )
     return dict(
         matmul_n=4096, matmul_repeats=7,
@@ -67,6 +69,8 @@ def profile_settings(quick: bool) -> Dict:
         precision=dict(speed=dict(model='prelu_model_a', model_kwargs={}, img_size=224, batch=1, calibrate_count=32),
                        accuracy=dict(model_kwargs=dict(width_mult=0.25, fc_dim=256), img_size=32, epochs=12,
                                      calibrate_count=64), repeats=5, budget_s=30.0),
+        ort_gap=dict(model='prelu_model_a', model_kwargs={}, peer='vgg19', peer_kwargs={}, img_size=224, repeats=7,
+                     budget_s=60.0),
     )
 
 
@@ -169,7 +173,8 @@ def run_benchmarks(
         out: Output folder (BENCHMARKS.md, CSVs, PNGs, results.json); replaced as a whole on success.
         device: 'cpu' or 'cuda'.
         quick: The quick profile (narrow networks, small inputs, few repeats).
-        sections: Any of 'activation', 'paths' (with section 3, efficiency), 'dense', 'scaling', 'eval'.
+        sections: Any of 'activation', 'paths' (with section 3, efficiency), 'dense', 'protocol', 'ort_gap'
+            (ONNX Runtime: model A vs vgg19), 'scaling', 'eval', 'precision', 'train'.
         threads: PyTorch (and ONNX Runtime) threads; default: PyTorch's default for this machine.
         overwrite: Replace an earlier report folder (never a folder timm-prelu did not write).
         command: The command line to print in the report.
@@ -199,6 +204,7 @@ def run_benchmarks(
              + 2 * ('scaling' in sections) + ('train' in sections) + 2 * ('precision' in sections)
              + len(settings['eval']['processes']) * settings['eval']['repeats'] * ('eval' in sections)
              + 3 * len(settings['protocol']['scales']) * ('protocol' in sections)
+             + 5 * ('ort_gap' in sections)
              + sum(len(s.configs) for s in settings['paths']['specs']) * ('paths' in sections))
     progress = _Progress(steps)
     results: Dict = dict(command=command or 'timm-prelu bench', device=device, quick=quick, machine=machine,
@@ -258,6 +264,12 @@ def run_benchmarks(
                 with tempfile.TemporaryDirectory(dir=work, prefix='precision-') as tmp:  # digits and graphs
                     sec['precision'] = precision_section(Path(tmp), threads=torch.get_num_threads(),
                                                          progress=progress, **settings['precision'])
+            if 'ort_gap' in sections:
+                from .ort_gap import ort_gap
+                with tempfile.TemporaryDirectory(dir=work, prefix='ort-gap-') as tmp:  # four full-size graphs
+                    rows, ops, notes = ort_gap(Path(tmp), threads=torch.get_num_threads(), progress=progress,
+                                               **settings['ort_gap'])
+                sec['ort_gap'] = dict(rows=rows, ops=ops, notes=notes)
 
             if 'train' in sections:
                 progress('train.py throughput')
@@ -292,7 +304,7 @@ def run_benchmarks(
 def _settings_record(settings: Dict) -> Dict:
     """The settings as plain data for the report and results.json."""
     rec = {k: v for k, v in settings.items() if not isinstance(v, dict)}
-    for key in ('activation', 'dense', 'protocol', 'scaling', 'eval'):
+    for key in ('activation', 'dense', 'protocol', 'ort_gap', 'scaling', 'eval'):
         rec[key] = {k: v for k, v in settings[key].items()}
         rec[key]['model'] = model_label(settings[key]['model'], settings[key]['model_kwargs'])
     from .dense_vs_crops import EXACT_TOLERANCE

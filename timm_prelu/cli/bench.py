@@ -4,7 +4,8 @@ import shlex
 import sys
 
 # kept equal to timm_prelu.benchmark.SECTIONS by a test
-SECTIONS = ('activation', 'paths', 'dense', 'protocol', 'scaling', 'eval', 'precision', 'train')
+# kept equal to timm_prelu.benchmark.SECTIONS by a test
+SECTIONS = ('activation', 'paths', 'dense', 'protocol', 'ort_gap', 'scaling', 'eval', 'precision', 'train')
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -29,6 +29,7 @@ from ..errors import ConfigError, ModelSourceError, OnnxModelError, OutputError
 from ..inference.predictor import receptive_field
 from ..outputs import check_destination, final_data, finished_output_files
 from ..sources.resolve import resolve_model as _resolve
+from .graph_forms import optimize_for_ort
 from .runtime import METADATA_FORMAT, METADATA_KEY, PRETRAINED_CFG_KEY
 
 __all__ = ['export_onnx', 'resolve_model', 'OnnxExport', 'split_paths', 'check_export_destination']
@@ -257,6 +258,7 @@ def export_onnx(
         verify: bool = True,
         overwrite: bool = False,
         use_ema: bool = False,
+        ort_forms: bool = True,
 ) -> OnnxExport:
     """Export a PReLU-net to ONNX with dynamic batch, height and width; atomically, checked, with metadata.
 
@@ -277,6 +279,8 @@ def export_onnx(
         verify: Run each written graph once in ONNX Runtime against PyTorch before keeping it.
         overwrite: Replace existing files at the output paths if timm-prelu exported them (never other files).
         use_ema: Export the EMA weights of a train.py checkpoint.
+        ort_forms: Write PReLUs and fc layers in the exact forms ONNX Runtime runs fastest on CPUs (see
+            :func:`timm_prelu.onnx_model.graph_forms.optimize_for_ort`); standard ops, any runtime runs them.
 
     Returns:
         The paths written (``OnnxExport``).
@@ -324,10 +328,13 @@ def export_onnx(
                 protos['model'] = _compose(protos['backbone'], protos['head'])
             for graph, tmp in zip(targets, temps):
                 proto = protos.pop(graph)  # released once saved: full-size graphs are about 1 GB each
+                if ort_forms:
+                    optimize_for_ort(proto, inplace=True)
                 arg_name = _GRAPHS[graph][1]
                 used_opset = next(o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx'))
                 info = _metadata(model, name, source, graph, export_id, fp16, used_opset,
                                  split_names if graph == 'model' else None, weights_sha256)
+                info['graph_forms'] = 'onnxruntime' if ort_forms and not fp16 else 'plain'  # fp16: left as is
                 onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(info),
                                                     PRETRAINED_CFG_KEY: json.dumps(cfg)})
                 proto.doc_string = f'{name} ({graph}) exported by timm-prelu; PReLU-nets, He et al. ICCV 2015'
