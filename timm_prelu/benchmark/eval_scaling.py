@@ -1,4 +1,4 @@
-"""Section 6: `timm-prelu eval` throughput at 1 and 2 processes (images/s) on the same folder, in the same run.
+"""Section 7: `timm-prelu eval` throughput at 1 and 2 processes (images/s) on the same folder, in the same run.
 
 Each configuration is a fresh launch (one plain process, or ``torchrun --standalone --nproc-per-node N`` with
 gloo), alternated in rounds so a busy moment hits both; each process gets ``cores // processes`` threads. Timed

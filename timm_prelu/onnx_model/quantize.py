@@ -220,6 +220,10 @@ def quantize_graph(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], c
     info = read_metadata(src)
     if info.get('dtype') != 'float32':
         raise OnnxModelError(f'{src} holds {info.get("dtype")} weights: quantize a float32 export', param='path')
+    if info.get('graph_forms', 'plain') != 'plain':
+        # PReLUs as Mul / Relu / Add and fc layers as 1x1 convs: the quantizer leaves most convs in float there
+        raise OnnxModelError(f'{src} was exported in ONNX Runtime\'s float32 graph forms, which do not quantize: '
+                             f'export it with ort_forms=False first, or quantize with export_int8', param='path')
     paths = list(images) if images is not None else find_calibration_images(calibrate, calibrate_count)
     proto = onnx.load(str(src))
     _one_import_per_domain(proto)
@@ -335,6 +339,7 @@ def export_int8(model_or_name: Any, path: Union[str, os.PathLike], calibrate: Un
     _check_one_readable(calibrate, images)
     with tempfile.TemporaryDirectory(prefix='timm-prelu-export-') as tmp:
         float_path = Path(tmp) / Path(path).name  # same file names: the split graphs' names in the metadata hold
+        export_kwargs['ort_forms'] = False  # the plain PRelu / Gemm graph is the one that quantizes (see above)
         exported = export_onnx(model_or_name, float_path, split=split, **export_kwargs)
         with finished_output_files(targets, overwrite, inputs=[source, calibrate], param='path') as temps:
             quantize_graph(exported.model, temps[0], calibrate, calibrate_count, images=images)
