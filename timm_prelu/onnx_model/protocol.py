@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, OnnxModelError
 from ..outputs import finished_output_file
+from .graph_forms import optimize_for_ort
 
 __all__ = ['PROTOCOLS', 'PROTOCOL_METADATA_KEY', 'DenseHead', 'ProtocolModel', 'export_protocol', 'spp_bins_of',
            'resize_shorter_side', 'resize_weights', 'five_crop_offsets']
@@ -378,11 +379,13 @@ def _stitch(preprocess: Sequence[Any], score: Any, classes: int):
 def export_protocol(model: nn.Module, path: Union[str, os.PathLike], protocol: str = 'dense',
                     scales: Sequence[int] = (256, 384, 480), flip: bool = True, crop_size: Optional[int] = None,
                     label_names: Optional[Sequence[str]] = None, model_name: str = '',
-                    opset: Optional[int] = None, overwrite: bool = False) -> Path:
+                    opset: Optional[int] = None, overwrite: bool = False, ort_forms: bool = True) -> Path:
     """Write the protocol graph of ``model`` to ``path`` (complete or absent): uint8 image (H, W, 3) -> probs.
 
     Height and width are named dynamic axes; the metadata key ``timm_prelu_protocol`` describes the call. An
-    existing file is replaced only with ``overwrite`` and only if timm-prelu wrote it.
+    existing file is replaced only with ``overwrite`` and only if timm-prelu wrote it. ``ort_forms`` writes the
+    network's PReLUs in the exact forms ONNX Runtime runs fastest (see
+    :func:`timm_prelu.onnx_model.graph_forms.optimize_for_ort`).
     """
     import onnx
     from .runtime import METADATA_KEY
@@ -395,17 +398,20 @@ def export_protocol(model: nn.Module, path: Union[str, os.PathLike], protocol: s
                           param='label_names')
     try:
         with torch.no_grad():
+            score = _export_part(_Score(wrapped), 'x', _score_dims(wrapped), _score_example(wrapped), opset)
+            if ort_forms:
+                score = optimize_for_ort(score, inplace=True)
             proto = _stitch([_export_part(_Preprocess(wrapped, s), 'image', _IMAGE_DIMS, (s, s + 1, 3), opset,
-                                          torch.uint8) for s in wrapped.scales],
-                            _export_part(_Score(wrapped), 'x', _score_dims(wrapped), _score_example(wrapped), opset),
-                            int(model.num_classes))
+                                          torch.uint8) for s in wrapped.scales], score, int(model.num_classes))
     except OnnxModelError:
         raise
     except Exception as e:
         raise OnnxModelError(f'the protocol graph could not be exported ({type(e).__name__}: {e}); the model must '
                              f'be a PReLU-net with an SPP head', param='model') from e
     meta = protocol_metadata(wrapped, label_names, model_name)
-    for key, value in ((METADATA_KEY, {'format': 1, 'graph': 'protocol', 'model_name': model_name}),
+    info = {'format': 1, 'graph': 'protocol', 'model_name': model_name,
+            'graph_forms': 'onnxruntime' if ort_forms else 'plain'}
+    for key, value in ((METADATA_KEY, info),
                        (PROTOCOL_METADATA_KEY, meta)):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
