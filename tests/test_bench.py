@@ -61,7 +61,8 @@ def test_every_section_is_reported(report):
     text = (report / 'BENCHMARKS.md').read_text()
     for heading in ('## Machine', '## Key figures', '## How it was measured', '## The practical peak',
                     '## 1. PReLU vs ReLU', '## 2. Inference paths', '## 3. Efficiency', '## 4. Dense multi-view',
-                    '## 5. Scaling', '## GPU'):
+                    '## 5. Protocol graph', '## 6. Scaling', '## 7. Eval throughput', '## 8. ONNX Runtime fp32',
+                    '## 9. Reduced precision', '## GPU'):
         assert heading in text, heading
     assert 'timm-prelu bench --quick' in text
     for label in ('| CPU |', '| cores |', '| PyTorch threads | 1 |', '| versions |', 'torch ', 'onnxruntime '):
