@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..errors import TrainingError
 from ..inference.precision import bf16_note, cpu_isa, native_bf16, native_int8
 from .timer import interleaved
 
@@ -60,15 +61,18 @@ def train_digits_model(folder: Path, model_kwargs: Dict[str, Any], img_size: int
 
     x_train, y_train = load('train')
     x_val, y_val = load('val')
-    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     gen = torch.Generator().manual_seed(seed)
     steps = epochs * (len(x_train) // 32)
     model.train()
     for step in range(steps):
         for group in opt.param_groups:
-            group['lr'] = 0.02 * (0.1 if step >= 0.75 * steps else 1.0)
+            group['lr'] = 0.01 * (0.1 if step >= 0.75 * steps else 1.0)
         idx = torch.randint(0, len(x_train), (32,), generator=gen)
         sgd_step(opt, torch.nn.functional.cross_entropy(model(x_train[idx]), y_train[idx]))
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise TrainingError(f'the digits model diverged in {epochs} epochs (non-finite weights): the scores would '
+                            f'mean nothing; try another seed or fewer epochs', param='epochs')
     return model.eval(), x_val.numpy(), y_val.numpy()
 
 
