@@ -12,9 +12,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description='Export one ONNX graph with dynamic batch, height and width, checked with onnx.checker and '
                     'verified against PyTorch, with timm\'s pretrained_cfg and the weights\' source in its metadata. '
                     '--split also writes NAME.backbone.onnx and NAME.head.onnx for dense multi-view inference.',
-        epilog='examples: timm-prelu export-onnx prelu_model_c.in1k --pretrained -o c.onnx --split\n'
-               '          timm-prelu export-onnx prelu_model_c.in1k --pretrained -o c.int8.onnx --int8 --calibrate val/\n'
-               '          timm-prelu export-onnx output/train/run/model_best.pth.tar -o run.onnx --split',
+        epilog='examples: timm-prelu export-onnx output/train/run/model_best.pth.tar -o run.onnx --split\n'
+               '          timm-prelu export-onnx hf-hub:ORG/prelu_model_c -o c.int8.onnx --int8 --calibrate val/\n'
+               '          timm-prelu export-onnx local-dir:hub_folder -o c.protocol.onnx --protocol dense '
+               '--scales 256 384 480',
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('model', metavar='MODEL_OR_CHECKPOINT_OR_HUB_ID',
                    help='a timm model name, hf-hub:ORG/NAME[@REV], a hub-layout folder, or a train.py .pth.tar / '
