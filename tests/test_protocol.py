@@ -19,6 +19,8 @@ from timm_prelu.inference.predictor import MultiScalePredictor, TorchBackend
 from timm_prelu.onnx_model.protocol import (DenseHead, ProtocolModel, export_protocol, five_crop_offsets,
                                             resize_shorter_side, spp_bins_of)
 
+from runtimes import RUNTIMES, load, max_abs_diff
+
 NARROW = dict(width_mult=0.125, fc_dim=64, num_classes=7)
 ODD_SIZES = [(37, 53), (61, 45), (71, 97)]
 # Small settings that keep exports short: the dense window is 2 cells (64 px), the ten crops are 32 px.
@@ -220,24 +222,7 @@ def test_protocol_graph_stores_the_weights_once(model, dense_graph):
     assert stored < 1.2 * weights  # two scales: a copy per scale would be twice as much
 
 
-def _run_openvino(path, image):
-    ov = pytest.importorskip('openvino')
-    compiled = ov.Core().compile_model(str(path), 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})
-    return compiled({'image': image})[0]
-
-
-def _run_reference(path, image):
-    from onnx.reference import ReferenceEvaluator
-    return ReferenceEvaluator(str(path)).run(['probs'], {'image': image})[0]
-
-
-def _run_onnxruntime(path, image):
-    import onnxruntime as ort
-    return ort.InferenceSession(str(path), providers=['CPUExecutionProvider']).run(['probs'], {'image': image})[0]
-
-
-@pytest.mark.parametrize('runtime', [_run_onnxruntime, _run_openvino, _run_reference],
-                         ids=['onnxruntime', 'openvino', 'onnx.reference'])
+@pytest.mark.parametrize('runtime', RUNTIMES)
 @pytest.mark.parametrize('which', ['dense', 'ten_crop', 'full'])
 def test_protocol_graph_runs_in_every_runtime(model, request, runtime, which):
     """Dynamic height and width at odd sizes, equal to PyTorch within 1e-4."""
@@ -250,11 +235,12 @@ def test_protocol_graph_runs_in_every_runtime(model, request, runtime, which):
         torch.manual_seed(0)  # the CLI built its model from seed 0 too, with the same kwargs
         net = ProtocolModel(timm.create_model('prelu_model_a', width_mult=0.125, fc_dim=64, num_classes=5).eval(),
                             **TEN_CROP)
+    run = load(path, runtime)  # loaded once, then called at each size
     for hw in ODD_SIZES[:2]:
         image = _image(*hw, seed=hw[1])
         with torch.no_grad():
             ref = net(torch.from_numpy(image)).numpy()
-        assert np.abs(runtime(path, image) - ref).max() < 1e-4
+        assert max_abs_diff(run(image), ref) < 1e-4
 
 
 def test_export_onnx_protocol_cli(cli_ten_crop, capsys):

@@ -4,6 +4,8 @@ import platform
 from importlib import metadata
 from typing import Dict, List, Optional, Tuple
 
+from ..inference.precision import cpu_isa
+
 __all__ = ['describe_machine', 'machine_rows', 'model_label', 'LIBRARIES']
 
 LIBRARIES = ('torch', 'torchvision', 'timm', 'timm-prelu', 'onnx', 'onnxruntime', 'onnxruntime-gpu', 'numpy')
@@ -66,6 +68,7 @@ def describe_machine(device: str = 'cpu') -> Dict:
         'device': device,
         'gpu': 'none',
         'versions': _versions(),
+        'isa': [flag for flag, has in cpu_isa().items() if has],
     }
     if hasattr(os, 'getloadavg'):
         info['load_average_at_start'] = [round(v, 2) for v in os.getloadavg()]
@@ -92,6 +95,8 @@ def machine_rows(info: Dict) -> List[Tuple[str, str]]:
         ('device benchmarked', info['device']),
         ('OS', info['os']),
     ]
+    if 'isa' in info:
+        rows.append(('ISA flags (vector, int8 / bf16 dot products)', ', '.join(info['isa']) or 'none of the listed'))
     if 'load_average_at_start' in info:
         rows.append(('load average (1/5/15 min) at start', ' / '.join(map(str, info['load_average_at_start']))))
     if 'load_average_at_end' in info:

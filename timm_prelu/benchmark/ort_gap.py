@@ -21,25 +21,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..inference.precision import cpu_isa
 from .timer import interleaved
 
-__all__ = ['ort_gap', 'isa_flags']
-
-ISA_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'amx_tile', 'amx_bf16', 'amx_int8')
-
-
-def isa_flags() -> List[str]:
-    """The vector extensions ORT's kernels choose between, as /proc/cpuinfo lists them (empty elsewhere)."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('flags'):
-                    have = set(line.split(':', 1)[1].split())
-                    return [flag for flag in ISA_FLAGS if flag in have]
-    except OSError:
-        pass
-    return []
-
+__all__ = ['ort_gap']
 
 def _op_kind(op: str, node: str) -> str:
     """Where a profiled node's time goes."""
@@ -210,7 +195,7 @@ def ort_gap(
     except ImportError:  # not on Windows
         peak = 'not measured'
     notes = [f'ONNX Runtime CPU provider, fp32, {threads} intra-op thread(s), batch {batch_size} at {img_size} px; '
-             f'ISA flags: {", ".join(isa_flags()) or "unknown"}. Timing rounds alternate the graphs; '
+             f'ISA flags: {", ".join(f for f, has in cpu_isa().items() if has) or "unknown"}. Timing rounds alternate the graphs; '
              '"time / peer" is the median of per-round ratios.',
              f'{peer_name}: its pre_logits (a 7x7 conv over the 512-channel map, then a 1x1 conv) counts as "conv" '
              'in the op profile; model A\'s fc layers as "fc layers".',
