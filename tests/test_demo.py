@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from timm_prelu.demo.pipeline import LEARNED_TOP1
+
 ACTS = ('relu', 'prelu')
-QUICK_LEARNED_TOP1 = 30.0  # val top-1 (%) every twin of the quick demo must exceed (chance: 10%)
 
 
 def _demo(out: Path, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -64,13 +65,29 @@ def test_finished_demo_names_no_work_folder(demo_run):
 
 def test_both_twins_learn(demo_run):
     # A comparison against a twin that did not train shows a broken baseline, not the paper's effect. Chance is 10%
-    # top-1; the quick run's ReLU twin reached 79.4, 51.5 and 56.3% at seeds 0-2 here, its PReLU twin more.
+    # top-1; QUICK_SPREAD below is what the quick run's twins reached over seeds (see docs/demo.md).
     summary = json.loads((demo_run / 'summary.json').read_text())
     for act in ACTS:
         top1 = summary['losses'][act]['eval_top1'][-1]
-        assert top1 > QUICK_LEARNED_TOP1, f'the {act} twin did not learn: val top-1 {top1:.1f}% (chance 10%)'
+        assert top1 > LEARNED_TOP1, f'the {act} twin did not learn: val top-1 {top1:.1f}% (chance 10%)'
     losses = summary['losses']['relu']['train_loss']
-    assert losses[-1] < 0.9 * losses[0], losses
+    assert losses[-1] < 0.5 * losses[0], losses
+    report = (demo_run / 'report.md').read_text()
+    assert '**Both twins trained: final val top-1' in report
+
+
+def test_demo_that_did_not_train_says_so_and_fails(tmp_path):
+    """One epoch (the warm-up, lr 1e-3) trains neither twin far: the console ends with the report's verdict, and the
+    exit status says the run failed; the finished folder is kept for a look."""
+    out = tmp_path / 'run'
+    proc = _demo(out, '--epochs', '1')
+    assert proc.returncode != 0
+    assert 'Traceback' not in proc.stderr
+    verdict = next(line for line in proc.stdout.splitlines() if line.startswith('Not trained: '))
+    assert f'threshold {LEARNED_TOP1:.0f}%' in verdict
+    assert f'**{verdict}**' in (out / 'report.md').read_text()
+    assert 'did not train' in proc.stderr and '--epochs' in proc.stderr and proc.stderr.count('\n') == 1
+    assert 'Done' not in proc.stdout
 
 
 @pytest.mark.parametrize('relu_top1, flagged', [(12.0, True), (81.0, False)])
@@ -83,7 +100,9 @@ def test_report_flags_a_twin_that_did_not_train(relu_top1, flagged):
     losses = {'relu': {'eval_top1': [10.0, relu_top1]}, 'prelu': {'eval_top1': [10.0, 98.0]}}
     report = _report(DemoConfig(views=('dense',)), StageTimer(), rows, losses, [], {'prelu': {}, 'relu': {}}, {},
                      'cpu', None)
-    assert ('Not trained: relu' in report) is flagged
+    assert ('**Not trained: relu: final val top-1' in report) is flagged
+    assert ('**Both twins trained' in report) is not flagged
+    assert f'threshold {LEARNED_TOP1:.0f}%' in report
     assert f'ReLU {relu_top1:.1f}%, PReLU 98.0%' in report
     assert 'reproduce ablation' in report  # where the spread of such a gap is measured
 

@@ -6,7 +6,15 @@ import pytest
 from timm_prelu.cli import main
 from timm_prelu.init.depth import DepthConfig, DepthRun, digits_tensors, train_plain_net
 
-STEPS = 150  # He's smoothed loss is halved after 105-195 iterations (seeds 0-5), Xavier's flat for thousands
+# Whether one run leaves the chance plateau within a few hundred iterations is chaotic in float summation order (on an
+# Intel Xeon with AMX, seed 0's fan_out net had dropped 0.271 by iteration 150, 0.47 on an AMD EPYC). So the claim is
+# asserted over seeds: most of them converge. Measured at 300 iterations, 1 thread, AMD EPYC, seeds 0-7: He's drop
+# 0.83-0.91 and val accuracy 0.81-0.95 at every seed, but one (fan_in seed 5: drop 0.07, still on the plateau);
+# Xavier's drop -0.0001 (fan_in) and 0.0001 (fan_out), val accuracy 0.09. Thresholds sit between the two.
+STEPS = 300
+HE_SEEDS = (0, 1, 2, 3, 4)
+CONVERGED_DROP = 0.5  # a converged run's drop was >= 0.83, a stalled one's <= 0.07
+LEARNED_ACCURACY = 0.5  # converged >= 0.81; chance 0.1
 
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')  # tiny convs: more threads only add contention
@@ -14,15 +22,15 @@ pytestmark = pytest.mark.usefixtures('one_torch_thread')  # tiny convs: more thr
 
 @pytest.mark.parametrize('init_mode', ['fan_in', 'fan_out'])
 def test_30_layers_he_learns_xavier_stalls(init_mode):
-    """Either case of He init (forward, n = k^2 c, or backward, n = k^2 d) trains the 30-layer net."""
+    """Either case of He init (forward, n = k^2 c, or backward, n = k^2 d) trains the 30-layer net; Xavier does not."""
     config = DepthConfig(steps=STEPS, init_mode=init_mode)
     data = digits_tensors(config.img_size, seed=0)
-    he = train_plain_net(30, 'he', data, config, seed=0)
+    he = [train_plain_net(30, 'he', data, config, seed=seed) for seed in HE_SEEDS]
     xavier = train_plain_net(30, 'xavier', data, config, seed=0)
-    assert he.initial_loss == pytest.approx(math.log(10), abs=0.1)  # both start at chance
+    assert all(r.initial_loss == pytest.approx(math.log(10), abs=0.1) for r in he)  # all start at chance
     assert xavier.initial_loss == pytest.approx(math.log(10), abs=0.01)  # Xavier's logits are ~2^-13 of He's
-    assert he.drop > 0.3, he.losses[-25:]  # a clear fall within STEPS iterations
-    assert he.val_accuracy > 0.3  # chance is 0.1
+    converged = [r for r in he if r.drop > CONVERGED_DROP and r.val_accuracy > LEARNED_ACCURACY]
+    assert len(converged) > len(he) / 2, [(round(r.drop, 3), round(r.val_accuracy, 3)) for r in he]
     assert xavier.drop < 0.01, xavier.losses[-25:]  # still at chance: the signal vanished like 2^-L
     assert xavier.val_accuracy < 0.2
 

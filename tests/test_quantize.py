@@ -144,6 +144,9 @@ def test_int8_top1_agrees_with_float32(int8_export, trained):
     with torch.no_grad():
         fp32 = model(torch.from_numpy(x_val)).argmax(1).numpy()
     int8 = OnnxModel(out / 'a.int8.onnx', providers='cpu').run(x_val).argmax(1)
+    # Measured over training seeds 0-5 (1 thread, AMD EPYC): fp32 top-1 0.79-0.91, int8 / fp32 agreement 0.978-1.0.
+    # The int8 graph of another (untrained) model agrees 0.12 of the time: the bound catches a graph that lost the
+    # weights' information.
     assert (fp32 == y_val).mean() > 0.5  # the model learned something: agreement below means something
     assert (int8 == fp32).mean() >= 0.85
 
@@ -198,6 +201,8 @@ def test_bf16_backend_scores_close_to_float32(trained, digits_folder):
     assert next(fp32.model.parameters()).dtype == torch.float32  # the caller's model is left as it was
     p32, p16 = softmax(fp32.logits(x_val[:32])), softmax(bf16.logits(x_val[:32]))
     assert p16.dtype == np.float32
+    # Measured over training seeds 0-5 (1 thread, AMD EPYC with AVX512-BF16): max |p32 - p16| 0.0033-0.0094, argmax
+    # agreement 1.0 at every seed; the bounds leave 5x and 10 points of margin for other CPUs' bf16 kernels.
     assert np.abs(p32 - p16).max() < 0.05
     assert (p32.argmax(1) == p16.argmax(1)).mean() >= 0.9
     assert (bf16_note() in bf16.notes) == (not native_bf16())
