@@ -1,4 +1,5 @@
-"""The paper's depth experiment, shortened: a 30-layer plain ReLU net learns with He init and stalls with Xavier."""
+"""The CPU analogue of the paper's depth experiment, shortened: a 30-layer plain ReLU net learns with He init and
+stalls with Xavier."""
 import math
 
 import pytest

@@ -16,7 +16,8 @@ from timm_prelu.cli import main
 from timm_prelu.errors import UserError
 from timm_prelu.inference.evaluation import error_table, evaluate_folder, table_from_predictions
 from timm_prelu.inference.predictor import MultiScalePredictor, OnnxBackend, TorchBackend
-from timm_prelu.inference.tables import EvalSetup, tables_markdown, twin_table4_markdown
+from timm_prelu.inference.tables import (
+    PAPER_TABLE4, PAPER_TABLE5, PAPER_TABLE6, EvalSetup, tables_markdown, twin_table4_markdown)
 from timm_prelu.onnx_model.export import resolve_model
 from timm_prelu.outputs import MARKER_NAME
 
@@ -164,9 +165,11 @@ def test_tables_print_the_papers_figures_where_the_setup_matches():
     assert '| scale s | views | top-1 | top-5 | paper top-1 | paper top-5 |' in text
     assert '| 256 | dense + flips | 75.00 | 50.00 | 25.81 | 8.08 |' in text
     assert '| 384 | dense + flips | 75.00 | 75.00 | 24.20 | 7.03 |' in text
-    # Table 5: 10-view rows, without figures the paper summaries do not give
-    assert '| prelu_model_a (PReLU) | 256 | 224x224 | 75.00 | 50.00 |' in text
-    assert "the paper's Table 5 values are not included here" in text
+    # Table 5: the paper's 10-view figure for A PReLU beside the s = 256 row only
+    assert '| model | scale s | crop | top-1 | top-5 | paper top-1 | paper top-5 |' in text
+    assert '| prelu_model_a (PReLU) | 256 | 224x224 | 75.00 | 50.00 | 25.59 | 8.23 |' in text
+    assert '| prelu_model_a (PReLU) | 384 | 224x224 | 75.00 | 75.00 | - | - |' in text
+    assert 'Paper figures beside the s = 256 rows only: a reading' in text
     # Table 6: the paper's single-model multi-scale figure for A PReLU on the dense row only
     assert '| prelu_model_a (PReLU) | dense + flips | 256, 384 | 50.00 | 50.00 | 22.97 | 6.28 |' in text
     assert '| prelu_model_a (PReLU) | 10-view | 256, 384 | 50.00 | 50.00 | - | - |' in text
@@ -182,6 +185,40 @@ def test_tables_print_the_papers_figures_where_the_setup_matches():
     assert '| 22.85 | 6.27 |' in b and '25.81' not in b  # Table 6 has B; Table 4 is model A only
 
 
+# The paper's figures, typed here from its text (He et al. 2015): (top-1, top-5) error % on ImageNet 2012 val.
+PAPER = {
+    'Table 4': {  # model A, dense multi-view with flips, per scale s
+        ('prelu_model_a', 'relu'): {256: (26.25, 8.25), 384: (24.77, 7.26), 480: (25.46, 7.63)},
+        ('prelu_model_a', 'prelu'): {256: (25.81, 8.08), 384: (24.20, 7.03), 480: (24.83, 7.39)},
+    },
+    'Table 5': {  # single model, 10-view
+        ('prelu_model_a', 'relu'): (26.48, 8.59), ('prelu_model_a', 'prelu'): (25.59, 8.23),
+        ('prelu_model_b', 'prelu'): (25.53, 8.13), ('prelu_model_c', 'prelu'): (24.27, 7.38),
+    },
+    'Table 6': {  # single model, multi-scale
+        ('prelu_model_a', 'relu'): (24.02, 6.51), ('prelu_model_a', 'prelu'): (22.97, 6.28),
+        ('prelu_model_b', 'prelu'): (22.85, 6.27), ('prelu_model_c', 'prelu'): (21.59, 5.71),
+    },
+}
+
+
+def test_every_paper_figure_is_the_papers():
+    """Each cell the tables carry equals the paper's, and each is printed in its table's layout."""
+    assert PAPER_TABLE4 == PAPER['Table 4'] and PAPER_TABLE5 == PAPER['Table 5'] and PAPER_TABLE6 == PAPER['Table 6']
+    rows = error_table(np.zeros((1, 2, 4, 5), dtype=np.int32), np.array([0]), ['dense', 'ten_crop'], [256, 384, 480])
+    for (arch, act) in {**PAPER['Table 4'], **PAPER['Table 5'], **PAPER['Table 6']}:
+        text = tables_markdown(rows, _setup(architecture=arch, act=act, scales=(256, 384, 480)))
+        model = f"{arch} ({'ReLU' if act == 'relu' else 'PReLU'})"
+        for scale, (top1, top5) in PAPER['Table 4'].get((arch, act), {}).items():
+            assert f'| {scale} | dense + flips | 0.00 | 0.00 | {top1:.2f} | {top5:.2f} |' in text
+        if (arch, act) in PAPER['Table 5']:
+            top1, top5 = PAPER['Table 5'][arch, act]
+            assert f'| {model} | 256 | 224x224 | 0.00 | 0.00 | {top1:.2f} | {top5:.2f} |' in text
+            assert f'| {model} | 384 | 224x224 | 0.00 | 0.00 | - | - |' in text
+        top1, top5 = PAPER['Table 6'][arch, act]
+        assert f'| {model} | dense + flips | 256, 384, 480 | 0.00 | 0.00 | {top1:.2f} | {top5:.2f} |' in text
+
+
 @pytest.mark.parametrize('change, why', [
     (dict(paper_network=False), "not one of the paper's networks"),
     (dict(num_classes=10, data_classes=10), 'the paper evaluates 1000 ImageNet classes; here 10'),
@@ -193,8 +230,16 @@ def test_no_paper_figures_for_another_setup(change, why):
 
 
 def test_no_paper_figures_for_another_view_protocol():
+    dense = [r for r in _rows_256_384() if r['view'] == 'dense']
     for change in (dict(flip=False), dict(window=(2, 2))):
-        text = tables_markdown(_rows_256_384(), _setup(**change))
+        text = tables_markdown(dense, _setup(**change))
+        assert 'paper top-1' not in text and 'Paper figures: none for this view protocol' in text
+    # the window is the dense views' own: the 10-view rows keep the paper's Table 5 figure
+    assert '| 256 | 224x224 | 75.00 | 50.00 | 25.59 | 8.23 |' in tables_markdown(_rows_256_384(), _setup(window=(2, 2)))
+    # ... only for 224 px crops at s = 256
+    ten_view = [r for r in _rows_256_384() if r['view'] == 'ten_crop' and r['scale'] != 'multi-scale']
+    for rows, change in ((ten_view, dict(crop_size=(192, 192))), (ten_view[1:], {})):
+        text = tables_markdown(rows, _setup(**change))
         assert 'paper top-1' not in text and 'Paper figures: none for this view protocol' in text
     assert 'Flips off: the paper also scores the horizontally flipped image' in tables_markdown(
         _rows_256_384(), _setup(flip=False))

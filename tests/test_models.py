@@ -248,7 +248,7 @@ def test_spp_bins_kwarg_selects_the_rule(spp_bins):
     # the 3-level's last bin: rows 8-12 (SPP-net) or 9-13 (adaptive)
     rows = slice(8, 13) if spp_bins == 'sppnet' else slice(9, 14)
     assert torch.equal(level3[..., 2, 2], features[:, :, rows, rows].amax(dim=(-1, -2)))
-    assert narrow().pool.bins == 'sppnet'  # the paper's rule by default
+    assert narrow().pool.bins == 'sppnet'  # SPP-net's fixed-size rule by default
 
 
 def test_init_weights_reinitialises_after_to_empty():

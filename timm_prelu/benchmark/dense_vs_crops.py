@@ -1,6 +1,6 @@
-"""Section 4: the paper's dense multi-view test vs naively cropping each view and running the whole network.
+"""Benchmark section 4: the paper's dense multi-view test vs naively cropping each view and running the whole network.
 
-Dense (paper, section 4.1, as :class:`timm_prelu.inference.MultiScalePredictor` runs it): the convolutions run
+Dense (paper, section 3, as :class:`timm_prelu.inference.MultiScalePredictor` runs it): the convolutions run
 once on the image resized to scale s, then every 14 x 14 window of the last conv map goes through SPP and the fc
 layers, batched. Naive: for every one of those windows, crop the image region it corresponds to (224 x 224 px at
 a 16 px stride) and run the full network on the crop. The views are the same; the scores are not exactly: a

@@ -1,4 +1,4 @@
-"""Multi-scale, multi-view prediction as the paper tests (section 4.1), on PyTorch or ONNX Runtime.
+"""Multi-scale, multi-view prediction as the paper tests (section 3), on PyTorch or ONNX Runtime.
 
 For each scale s the image's shorter side is resized to s (timm's interpolation for the model) and normalised with
 the model's mean / std. Views:

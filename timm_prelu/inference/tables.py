@@ -1,21 +1,23 @@
-"""The paper's result tables (He et al. 2015, section 4.1) in its layout and numbering, with its own figures where
-the setup matches.
+"""The paper's result tables (He et al. 2015, Tables 4-6; its test protocol is in section 3, "Implementation
+Details") in its layout and numbering, with its own figures where the setup matches.
 
 * **Table 4**: one model's top-1 / top-5 error at each test scale s, one view mode per row. The paper's rows are
   model A, ReLU vs PReLU, dense multi-view with flips, at s = 256, 384, 480.
-* **Table 5**: single-model 10-view testing (four corner crops, the centre crop and their flips).
+* **Table 5**: single-model 10-view testing (four corner crops, the centre crop and their flips). The paper's rows:
+  A ReLU, A PReLU, B PReLU, C PReLU, 224 px crops.
 * **Table 6**: single-model multi-scale combination (the paper: A ReLU, A PReLU, B PReLU, C PReLU).
 
 The paper's figures are printed beside a row only for the same network (name, activation, full width), a
-1000-class model on a 1000-class folder, and the paper's view protocol (dense views with flips, the 14 x 14 window of
-a 224 px input) at the paper's scale. Whatever the paper does not specify is marked as this project's choice.
+1000-class model on a 1000-class folder, and the paper's view protocol at the paper's scale: dense views with flips
+and the 14 x 14 window of a 224 px input (Tables 4 and 6), or 10 views of 224 px crops at s = 256 (Table 5).
+Whatever the paper does not specify is marked as this project's choice.
 """
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 __all__ = [
-    'MULTI_SCALE', 'PAPER_TABLE4', 'PAPER_TABLE6', 'PAPER_SCALES', 'EvalSetup', 'paper_table', 'table4_markdown',
-    'table5_markdown', 'table6_markdown', 'tables_markdown', 'twin_table4_markdown',
+    'MULTI_SCALE', 'PAPER_TABLE4', 'PAPER_TABLE5', 'PAPER_TABLE6', 'PAPER_SCALES', 'EvalSetup', 'paper_table',
+    'table4_markdown', 'table5_markdown', 'table6_markdown', 'tables_markdown', 'twin_table4_markdown',
 ]
 
 MULTI_SCALE = 'multi-scale'
@@ -27,6 +29,15 @@ PAPER_TABLE4: Dict[Tuple[str, str], Dict[int, Tuple[float, float]]] = {
     ('prelu_model_a', 'relu'): {256: (26.25, 8.25), 384: (24.77, 7.26), 480: (25.46, 7.63)},
     ('prelu_model_a', 'prelu'): {256: (25.81, 8.08), 384: (24.20, 7.03), 480: (24.83, 7.39)},
 }
+# Table 5: single-model 10-view testing, 224 px crops: (top-1, top-5) error %.
+PAPER_TABLE5: Dict[Tuple[str, str], Tuple[float, float]] = {
+    ('prelu_model_a', 'relu'): (26.48, 8.59),
+    ('prelu_model_a', 'prelu'): (25.59, 8.23),
+    ('prelu_model_b', 'prelu'): (25.53, 8.13),
+    ('prelu_model_c', 'prelu'): (24.27, 7.38),
+}
+PAPER_TEN_VIEW_SCALE = 256  # the shorter side of the paper's 10-view test (given with its Table 2)
+PAPER_CROP = (224, 224)
 # Table 6: single-model multi-scale combination, dense views with flips (scale set not given by the paper).
 PAPER_TABLE6: Dict[Tuple[str, str], Tuple[float, float]] = {
     ('prelu_model_a', 'relu'): (24.02, 6.51),
@@ -91,7 +102,13 @@ class EvalSetup:
     def reference(self, view: str, scale: str) -> Optional[Tuple[float, float]]:
         """The paper's (top-1, top-5) error % for this row's setup, or None."""
         key = self.paper_key()
-        if key is None or view != 'dense' or not self.flip or self.window != PAPER_WINDOW:
+        if key is None:
+            return None
+        if view == 'ten_crop':
+            if scale == MULTI_SCALE or int(scale) != PAPER_TEN_VIEW_SCALE or self.crop_size != PAPER_CROP:
+                return None
+            return PAPER_TABLE5.get(key)
+        if view != 'dense' or not self.flip or self.window != PAPER_WINDOW:
             return None
         if scale == MULTI_SCALE:
             return PAPER_TABLE6.get(key)
@@ -195,15 +212,20 @@ def table5_markdown(rows: List[Dict[str, object]], setup: Optional[EvalSetup] = 
     if not rows:
         return ''
     model = setup.model if setup else 'model'
-    crop = setup.crop_size if setup else (224, 224)
-    body = [[model, str(r['scale']), f'{crop[0]}x{crop[1]}', _err(r['top1_err']), _err(r['top5_err'])] for r in rows]
-    lines = _markdown_rows(['model', 'scale s', 'crop', 'top-1', 'top-5'], body)
-    notes = ['10 views: the four corner crops and the centre crop, and their horizontal flips (the paper\'s).',
-             'Paper figures: the paper\'s Table 5 values are not included here; see the paper.']
-    other = [str(r['scale']) for r in rows if int(r['scale']) != 256]
+    crop = setup.crop_size if setup else PAPER_CROP
+    lines, paper_note = _with_reference(
+        rows, setup, lambda r: ['model', 'scale s', 'crop'] if r is None else [model, str(r['scale']),
+                                                                           f'{crop[0]}x{crop[1]}'])
+    notes = ['10 views: the four corner crops and the centre crop, and their horizontal flips (the paper\'s).']
+    notes += paper_note
+    if 'paper top-1' in lines[0]:
+        notes.append(f'Paper figures beside the s = {PAPER_TEN_VIEW_SCALE} rows only: a reading, '
+                     f'{PAPER_TEN_VIEW_SCALE} being the scale the paper gives for its 10-view test (with Table 2).')
+    other = [str(r['scale']) for r in rows if int(r['scale']) != PAPER_TEN_VIEW_SCALE]
     if other:
-        notes.append(f'Scales {", ".join(other)}: {_CHOICE} (the paper\'s 10-view test, in its Table 2, uses s = 256).')
-    if crop != (224, 224):
+        notes.append(f'Scales {", ".join(other)}: {_CHOICE} (the paper\'s 10-view test, in its Table 2, uses '
+                     f's = {PAPER_TEN_VIEW_SCALE}).')
+    if crop != PAPER_CROP:
         notes.append(f'Crop {crop[0]}x{crop[1]}: the paper\'s crops are 224x224 (its training size).')
     notes.append(_averaging_note('view'))
     return '\n'.join(['### Paper Table 5 layout: single-model 10-view testing, top-1 / top-5 error (%)', '']

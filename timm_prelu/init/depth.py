@@ -1,14 +1,17 @@
-"""The paper's depth experiment (He et al., ICCV 2015, Figures 2 and 3) at CPU scale.
+"""A CPU-scale analogue of the paper's depth experiment (He et al., ICCV 2015, Figures 2 and 3).
 
 Plain ReLU conv nets (no batch norm, no shortcuts) of 22 and 30 layers are trained from scratch with He init and with
 Xavier init: same data, batches and SGD. The paper: the 22-layer net converges with both, faster with He; the
 30-layer net converges with He and completely stalls with Xavier, whose n Var[w] = 1 leaves the ReLU's factor 1/2 at
 every layer, so signals and gradients shrink like 1/2^L.
 
-Scale: scikit-learn's 1,797 handwritten digits at 16 x 16 px, gray; widths 16 / 32 / 64 over three stages and fc 64
-instead of 64-512 and fc 4096; batch 32 instead of 128. Kept from the paper: ReLU, depth counted as conv + fc,
-Gaussian weights, zero biases, SGD with momentum 0.9, one learning rate for all runs, and the Xavier form the paper
-compares against (n Var[w] = 1, std sqrt(1/n): 1/sqrt(2) of He's std at every layer). Choices, measured at seed 0-5:
+The nets are analogues, not the paper's (see :mod:`timm_prelu.init.plain_net`): 3x3 convs, narrow, on digits, where
+the paper's 22-layer net is model B and its 30-layer net Table 1's small model plus 16 extra 2x2 convs, both on
+ImageNet. Scale: scikit-learn's 1,797 handwritten digits at 16 x 16 px, gray; widths 16 / 32 / 64 over three stages
+and fc 64 instead of 64-512 and fc 4096; batch 32 instead of 128. Kept from the paper: ReLU, depth counted as conv +
+fc, Gaussian weights, zero biases, SGD with momentum 0.9, one learning rate for all runs, and the Xavier form the
+paper compares against (n Var[w] = 1, std sqrt(1/n): 1/sqrt(2) of He's std at every layer). Choices, measured at
+seed 0-5:
 
 - lr 0.002: at 0.005 and 0.01 some seeds' 30-layer He nets die in the first iterations (a plain 30-layer net has
   nothing to absorb a large first step); at 0.002 all six converged. Xavier's time to leave the plateau barely

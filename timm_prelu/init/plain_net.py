@@ -1,4 +1,7 @@
-"""Plain deep rectifier nets: the networks of the paper's depth experiment (He et al., ICCV 2015, Figures 2-3).
+"""Plain deep rectifier nets: CPU-scale analogues of the nets of the paper's depth experiment (He et al., ICCV 2015,
+Figures 2-3), not those nets. The paper's are ImageNet models: the 22-layer net of Fig. 2 is model B (Table 3), the
+30-layer net of Fig. 3 is Table 1's 14-layer small model plus 16 extra 2x2 convs. These are narrow stacks of 3x3
+convs for small gray images (the depth experiment trains them on 16 px digits).
 
 Plain means no batch norm and no shortcuts, so nothing but the initialisation keeps the signal's scale: 3x3 convs
 in stages separated by 2x2 max pools (the width doubling at each pool, as in VGG), then fully connected layers,

@@ -1,16 +1,16 @@
 """Spatial pyramid max pooling (He et al., SPP-net, used by the PReLU-nets).
 
 Level n splits each side of length a of a map into n bins; every bin is max-pooled and the bins of all levels are
-concatenated. Two binning rules:
+concatenated. The PReLU paper says its SPP follows SPP-net and states no binning rule, so both rules are readings:
 
-* ``'sppnet'``: SPP-net's rule, the one the PReLU-nets were trained with: window ceil(a/n), stride floor(a/n),
-  so bin i covers [i floor(a/n), i floor(a/n) + ceil(a/n)). At a = 14, n = 3: rows 0-4, 4-8, 8-12 (row 13 is left
-  to the other levels). When a does not divide by n the last a - n floor(a/n) - 1 rows fall outside the level.
-  For a map smaller than the level (a < n) the rule's stride is 0 and every bin would be the first row; bins are
-  then one row each (the rule's window, ceil(a/n) = 1) spread evenly, bin i = row floor(i a / n), so every row
-  lands in some bin.
+* ``'sppnet'`` (the default): the fixed-size rule SPP-net's paper states for its training: window ceil(a/n),
+  stride floor(a/n), so bin i covers [i floor(a/n), i floor(a/n) + ceil(a/n)). At a = 14, n = 3: rows 0-4, 4-8,
+  8-12 (row 13 is left to the other levels). When a does not divide by n the last a - n floor(a/n) - 1 rows fall
+  outside the level. For a map smaller than the level (a < n) the rule's stride is 0 and every bin would be the
+  first row; bins are then one row each (the rule's window, ceil(a/n) = 1) spread evenly, bin i = row
+  floor(i a / n), so every row lands in some bin.
 * ``'adaptive'``: bin i covers [floor(i a / n), ceil((i + 1) a / n)), exactly what ``adaptive_max_pool2d`` does;
-  every row of every level is covered.
+  every row of every level is covered. SPP-net's own pooling code for multi-view testing bins adaptively.
 
 torch's ONNX exporters cannot export ``adaptive_max_pool2d`` with dynamic height and width, and slicing at
 size-dependent offsets makes torch.export guard on the sizes. So each level gathers the rows of its bins, bin after

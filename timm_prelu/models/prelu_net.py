@@ -10,11 +10,13 @@ followed by a PReLU (learned per channel, initialised to 0.25); weights are He-i
 
 Paper fidelity of the defaults (each a kwarg, see ``PReLUNet.__init__``):
 
-* ``spp_bins='sppnet'``: the rule the paper's models were trained and tested with (SPP-net's: window ceil(a/n),
-  stride floor(a/n)), so the defaults are the paper's network. It differs from adaptive pooling only where a level
-  does not divide the map: at 224 px, the 3-level of the 14 x 14 map (rows 0-4, 4-8, 8-12 against 0-4, 4-9, 9-13).
-  ``'adaptive'`` (adaptive_max_pool2d's bins, which also cover the rows SPP-net's rule leaves out) is for weights
-  trained with it: changing the rule of trained weights changes their outputs.
+* ``spp_bins='sppnet'``: SPP-net's fixed-size rule, window ceil(a/n), stride floor(a/n). A reading, not stated by
+  the paper: it says its SPP follows SPP-net and gives no binning rule. The default is the rule SPP-net's paper
+  states for its training; SPP-net's own pooling code for multi-view testing bins adaptively, which is the other
+  reading, ``'adaptive'`` (adaptive_max_pool2d's bins, which also cover the rows the fixed-size rule leaves out).
+  The two differ only where a level does not divide the map: at 224 px, the 3-level of the 14 x 14 map (rows 0-4,
+  4-8, 8-12 against 0-4, 4-9, 9-13). Changing the rule of trained weights changes their outputs, so use the rule
+  they were trained with.
 * ``init_mode='fan_out'``: the paper trained with the backward case, Eqn. (14), n = k^2 d. ``'fan_in'`` is the
   forward case, Eqn. (10), n = k^2 c; the paper shows both make every model converge.
 * ``fc_init='he'`` is a stated deviation: the paper drew fc1 and fc2 from std 0.01 and fc3 from std 0.001, constants
@@ -144,8 +146,9 @@ class PReLUNet(nn.Module):
             width_mult: Multiplier of every conv width (stem included); 1.0 is the paper's network.
             fc_dim: Width of fc1 and fc2 (the paper's 4096).
             spp_levels: Pyramid levels of the spatial pyramid pooling.
-            spp_bins: 'sppnet' (the paper's rule: window ceil(a/n), stride floor(a/n)) or 'adaptive' (the bins of
-                adaptive_max_pool2d, covering every row); see :mod:`timm_prelu.layers.spp`.
+            spp_bins: 'sppnet' (SPP-net's fixed-size rule: window ceil(a/n), stride floor(a/n)) or 'adaptive' (the
+                bins of adaptive_max_pool2d, covering every row); the paper states neither, see
+                :mod:`timm_prelu.layers.spp`.
             init_mode: He init of the convs: 'fan_out' (the paper's, backward case, n = k^2 d) or 'fan_in'
                 (forward case, n = k^2 c).
             fc_init: 'he' (forward case He init of fc1, fc2 and the classifier: a stated deviation for normalised
