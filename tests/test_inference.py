@@ -7,6 +7,7 @@ window x window window of the feature map. (1) Exact reference: the same windows
 receptive field's margin on each side (clipped at the image), within 1e-4; one cell less of margin, or the naive
 crop of only the window's pixels, differs, because zero padding then replaces real context.
 """
+import json
 import shutil
 
 import numpy as np
@@ -157,6 +158,20 @@ def test_predict_cli_end_to_end(exported, digits_folder, tmp_path, capsys):
     assert '3 image(s) predicted, 1 skipped' in out
     onnx_top = [line.split(': ')[1].split()[0] for line in out.splitlines() if line.startswith(str(tmp_path))]
     assert len(onnx_top) == 3 and all(t.startswith('class_') for t in onnx_top)
+
+    assert main(['predict', *inputs, '--onnx', str(path), '--threads', '1', *common, '--json']) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)  # stdout holds the document alone
+    assert 'predictor: ONNX Runtime' in captured.err and '3 image(s) predicted, 1 skipped' in captured.err
+    assert [d['path'] for d in document['skipped']] == [str(tmp_path / 'notes.jpg')]
+    assert [d['path'] for d in document['images']] == inputs[:3]
+    for image, top in zip(document['images'], onnx_top):
+        classes = image['classes']
+        assert [c['index'] for c in classes] == list(range(10))
+        assert [c['label'] for c in classes] == [f'class_{i}' for i in range(10)]
+        assert sum(c['probability'] for c in classes) == pytest.approx(1, abs=1e-6)
+        assert max(classes, key=lambda c: c['probability'])['label'] == top
+    assert document['images'][2]['notes'] == ['grayscale image replicated to RGB']
 
     save_file(model.state_dict(), tmp_path / 'weights.safetensors')
     assert main(['predict', *inputs, '--model', 'prelu_model_a', '--checkpoint', str(tmp_path / 'weights.safetensors'),

@@ -38,7 +38,7 @@ BLOCK_TIMEOUT_S = 600
 SUBSTITUTIONS = [
     ('README.md', 'python -m pip install -q -c constraints.txt -e ".[demo]" && timm-prelu demo', None,
      'installed already by the test command (".[dev]" holds all of ".[demo]", checked); tests/test_demo.py runs '
-     '`timm-prelu demo --quick` (the same six stages, 10 epochs, two test scales) and checks every artefact; the '
+     '`timm-prelu demo --quick` (the same six stages, 16 epochs, two test scales) and checks every artefact; the '
      'full demo takes under 10 min on 2 cores'),
     ('README.md', 'python -m pip install -q -c constraints.txt -e ".[dev]" && python -m pytest -q', None,
      'this is the command that runs this test; .ci/run runs exactly this line (checked)'),

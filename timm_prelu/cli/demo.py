@@ -8,9 +8,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--out', default='demo-run', help='output folder (default: ./demo-run)')
     p.add_argument('--overwrite', action='store_true',
                    help='replace an earlier demo folder at --out (never a folder timm-prelu did not write)')
-    p.add_argument('--quick', action='store_true', help='10 epochs, two test scales (what CI runs)')
+    p.add_argument('--quick', action='store_true', help='16 epochs, two test scales (what CI runs)')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--epochs', type=int, default=None, help='training epochs (default: 40, quick: 10)')
+    p.add_argument('--epochs', type=int, default=None, help='training epochs (default: 40, quick: 16)')
     p.add_argument('--timm-script', default=None,
                    help="upstream timm train.py or a pytorch-image-models checkout (default: $TIMM_TRAIN_SCRIPT)")
     p.add_argument('--repo-id', default=None, help='also upload the PReLU model to this hub repo (needs a token)')

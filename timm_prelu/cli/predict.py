@@ -117,29 +117,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('images', nargs='+', metavar='IMAGE', help='image files or folders of images')
     add_predictor_args(p)
     p.add_argument('--topk', type=int, default=5, metavar='K', help='classes to print per image (default 5)')
+    p.add_argument('--json', action='store_true',
+                   help='print one JSON document on stdout: every class probability of every image, with its label '
+                        '(the other messages go to stderr)')
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
+    import json
+    import sys
     from ..inference.images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, load_image
-    predictor = build_predictor(args)
-    max_pixels = args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS
-    done, skipped = 0, 0
-    for path in _expand(args.images):
-        try:
-            loaded = load_image(path, max_pixels=max_pixels)
-            probs = predictor.predict(loaded.image)
-        except ImageError as e:
-            print(f'skipped: {e}')
-            skipped += 1
-            continue
-        done += 1
-        best = '  '.join(f'{label if label is not None else i} ({p:.3f})' for i, label, p in
-                         predictor.topk(probs, args.topk))
-        print(f'{path}: {best}')
-        for note in loaded.notes:
-            print(f'  note: {note}')
-    print(f'{done} image(s) predicted, {skipped} skipped')
-    if done == 0:
+    stdout = sys.stdout
+    # with --json, stdout carries the document alone: every other line goes to stderr
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        predictor = build_predictor(args)
+        max_pixels = args.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS
+        images, skipped = [], []
+        for path in _expand(args.images):
+            try:
+                loaded = load_image(path, max_pixels=max_pixels)
+                probs = predictor.predict(loaded.image)
+            except ImageError as e:
+                print(f'skipped: {e}')
+                skipped.append({'path': str(path), 'error': str(e)})
+                continue
+            ranked = predictor.topk(probs, len(probs))
+            images.append({'path': str(path), 'notes': list(loaded.notes),
+                           'classes': [{'index': i, 'label': label, 'probability': p} for i, label, p in
+                                       sorted(ranked)]})
+            if not args.json:
+                best = '  '.join(f'{label if label is not None else i} ({p:.3f})' for i, label, p in
+                                 ranked[:args.topk])
+                print(f'{path}: {best}')
+                for note in loaded.notes:
+                    print(f'  note: {note}')
+        print(f'{len(images)} image(s) predicted, {len(skipped)} skipped')
+    if not images:
         raise UserError('no image could be read: check the paths (see the messages above)')
+    if args.json:
+        # json escapes control characters and non-ASCII, so a label cannot rewrite the terminal
+        json.dump({'predictor': predictor.describe(), 'images': images, 'skipped': skipped}, stdout, indent=1)
+        stdout.write('\n')
     return 0
