@@ -43,7 +43,7 @@ MODEL = 'prelu_model_a'
 # 19-layer ReLU twin leaves the chance plateau slowly, after 2-4 epochs, and how slowly is chaotic in float summation
 # order: with fc 128 and 10 quick epochs (4 of them at 1e-2) it ended at 63.8% (seed 0, AMD EPYC), 51.5-79.4% (seeds
 # 0-2, another day) and 26.2% on an Intel Xeon. fc 512 lifted the same run to 80.8-86.4% (seeds 0-2), and 16 quick
-# epochs (9 at 1e-2) to 89.7-97.2%; docs/demo.md has the measured spread of both twins.
+# epochs (8 at 1e-2) to 89.7-97.2%; docs/demo.md has the measured spread of both twins.
 DEMO_DEVIATIONS = ('--lr', '0.01', '--sched', 'multistep', '--decay-rate', '0.1', '--warmup-lr', '0.001',
                    '--scale', '0.8', '1.0', '--hflip', '0')
 REPO_ID = 'timm-prelu/prelu_model_a-digits-demo'
