@@ -2,6 +2,7 @@
 figures beside the rows whose setup matches), recomputable predictions."""
 import argparse
 import csv
+import re
 import shutil
 from pathlib import Path
 
@@ -70,6 +71,12 @@ def test_export_and_eval_cli(checkpoint, val_folder, digits_folder, tmp_path, ca
     assert 'prelu_model_a (10 classes, float32' in out and 'from checkpoint model_best.pth.tar' in out
     assert 'input 32x32' in out and 'labels: yes' in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ['run.backbone.onnx', 'run.head.onnx', 'run.onnx']
+    stages = [line for line in out.splitlines() if line.startswith('export: ')]  # shown as they start
+    assert stages[0] == 'export: loading the model' and len(stages) == 9  # load, 2 exports, 3 x (write, check)
+    assert 'export: checking the head graph in ONNX Runtime against PyTorch' in stages
+    parity = re.search(r'^parity: max \|ONNX Runtime - PyTorch\| of each graph on a random batch: '
+                       r'model (\S+), backbone (\S+), head (\S+)$', out, flags=re.M)
+    assert parity and all(0 <= float(v) <= 1e-4 for v in parity.groups()), out
 
     out_dir = tmp_path / 'eval'
     assert main(['eval', '--data', str(val_folder), '--onnx', str(onnx_path), '--scales', '32', '48',

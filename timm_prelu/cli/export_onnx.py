@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.output, opset=args.opset, split=args.split, model_name=args.model_name,
         model_kwargs=parse_model_kwargs(args.model_kwargs), num_classes=args.num_classes,
         pretrained=args.pretrained, label_names=args.labels, input_size=args.input_size, verify=args.verify,
-        use_ema=args.use_ema, overwrite=args.overwrite)
+        use_ema=args.use_ema, overwrite=args.overwrite, progress=lambda line: print(f'export: {line}', flush=True))
     info = read_metadata(result.model)
     cfg = info['pretrained_cfg']
     source = info['source']
@@ -111,4 +111,10 @@ def run(args: argparse.Namespace) -> int:
               + f'; {q["prelu_as_leaky_relu"]} single-slope PReLU(s) run as int8 LeakyRelu')
     for path in result.paths:
         print(f'wrote {path}')
+    if result.parity:
+        measured = ', '.join(f'{graph} {err:.2e}' for graph, err in result.parity.items())
+        which = 'the float graphs quantized' if args.int8 else 'each graph'
+        print(f'parity: max |ONNX Runtime - PyTorch| of {which} on a random batch: {measured}')
+    else:
+        print('parity: not checked (--no-verify)')
     return 0

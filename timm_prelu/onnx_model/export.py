@@ -18,9 +18,9 @@ import hashlib
 import json
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -41,6 +41,7 @@ class OnnxExport:
     model: Path
     backbone: Optional[Path] = None
     head: Optional[Path] = None
+    parity: Dict[str, float] = field(default_factory=dict)  # graph -> max |ONNX Runtime - PyTorch| (when verified)
 
     @property
     def paths(self) -> List[Path]:
@@ -228,7 +229,7 @@ def _metadata(model: nn.Module, model_name: str, source: Dict[str, Any], graph: 
     return _jsonable(info)
 
 
-def _verify(path: Path, model: nn.Module, graph: str, fp16: bool, example: torch.Tensor) -> None:
+def _verify(path: Path, model: nn.Module, graph: str, fp16: bool, example: torch.Tensor) -> float:
     """Run the written graph once with ONNX Runtime and compare with PyTorch: catches a broken export early."""
     from .runtime import OnnxModel
     with torch.no_grad():
@@ -240,6 +241,7 @@ def _verify(path: Path, model: nn.Module, graph: str, fp16: bool, example: torch
     if out.shape != ref.shape or not err <= tol:
         raise OnnxModelError(f'the exported {graph} graph does not match PyTorch (max abs diff {err:.3g} > {tol:.3g}): '
                         f'report this with your torch / onnxscript versions')
+    return err
 
 
 def export_onnx(
@@ -259,6 +261,7 @@ def export_onnx(
         overwrite: bool = False,
         use_ema: bool = False,
         ort_forms: bool = True,
+        progress: Optional[Callable[[str], None]] = None,
 ) -> OnnxExport:
     """Export a PReLU-net to ONNX with dynamic batch, height and width; atomically, checked, with metadata.
 
@@ -281,14 +284,17 @@ def export_onnx(
         use_ema: Export the EMA weights of a train.py checkpoint.
         ort_forms: Write PReLUs and fc layers in the exact forms ONNX Runtime runs fastest on CPUs (see
             :func:`timm_prelu.onnx_model.graph_forms.optimize_for_ort`); standard ops, any runtime runs them.
+        progress: Called with a line naming each stage as it starts (a full-size export takes tens of seconds).
 
     Returns:
-        The paths written (``OnnxExport``).
+        The paths written and, when verified, each graph's max |ONNX Runtime - PyTorch| (``OnnxExport``).
     """
     import onnx
     source_path = model_or_name if isinstance(model_or_name, (str, os.PathLike)) and os.path.exists(model_or_name) \
         else None
     check_export_destination(path, split=split, overwrite=overwrite, inputs=[source_path])
+    stage = progress or (lambda _: None)
+    stage('loading the model')
     resolved = _resolve(model_or_name, model_name=model_name, model_kwargs=model_kwargs, num_classes=num_classes,
                         labels=label_names, pretrained=pretrained, use_ema=use_ema)
     model, source, label_names = resolved.model, resolved.source_info(), resolved.label_names
@@ -317,17 +323,20 @@ def export_onnx(
     backbone_path, head_path = split_paths(path)
     targets = {'model': path, **({'backbone': backbone_path, 'head': head_path} if split else {})}
     split_names = {'backbone': backbone_path.name, 'head': head_path.name} if split else None
+    parity: Dict[str, float] = {}
     try:
         with finished_output_files(list(targets.values()), overwrite, inputs=[source_path], param='path') as temps:
             protos = {}
             for graph in ('backbone', 'head') if split else ('model',):
                 wrapper, arg_name, out_name = _GRAPHS[graph]
+                stage(f'exporting the {graph} graph (torch.onnx, dynamic batch, height and width)')
                 protos[graph] = _export_graph(wrapper(export_model, half=fp16), examples[arg_name], arg_name,
                                               out_name, 1 if graph == 'head' else min_size, opset)
             if split:
                 protos['model'] = _compose(protos['backbone'], protos['head'])
             for graph, tmp in zip(targets, temps):
                 proto = protos.pop(graph)  # released once saved: full-size graphs are about 1 GB each
+                stage(f'writing {targets[graph].name}' + (" (ONNX Runtime's graph forms)" if ort_forms else ''))
                 if ort_forms:
                     optimize_for_ort(proto, inplace=True)
                 arg_name = _GRAPHS[graph][1]
@@ -342,7 +351,8 @@ def export_onnx(
                 del proto
                 onnx.checker.check_model(str(tmp), full_check=True)
                 if verify:
-                    _verify(tmp, model, graph, fp16, examples[arg_name])
+                    stage(f'checking the {graph} graph in ONNX Runtime against PyTorch')
+                    parity[graph] = _verify(tmp, model, graph, fp16, examples[arg_name])
     finally:
         model.train(was_training)
-    return OnnxExport(path, backbone_path if split else None, head_path if split else None)
+    return OnnxExport(path, backbone_path if split else None, head_path if split else None, parity)

@@ -342,6 +342,8 @@ def export_int8(model_or_name: Any, path: Union[str, os.PathLike], calibrate: Un
         export_kwargs['ort_forms'] = False  # the plain PRelu / Gemm graph is the one that quantizes (see above)
         exported = export_onnx(model_or_name, float_path, split=split, **export_kwargs)
         with finished_output_files(targets, overwrite, inputs=[source, calibrate], param='path') as temps:
+            (export_kwargs.get('progress') or (lambda _: None))(f'quantizing to int8, calibrated on {len(images)} '
+                                                                 f'image(s)')
             quantize_graph(exported.model, temps[0], calibrate, calibrate_count, images=images)
             if split:
                 backbone, head = split_paths(float_path)
@@ -350,4 +352,5 @@ def export_int8(model_or_name: Any, path: Union[str, os.PathLike], calibrate: Un
             for tmp_path in temps:
                 _check_runs(tmp_path)
     backbone_path, head_path = split_paths(path)
-    return OnnxExport(Path(path), backbone_path if split else None, head_path if split else None)
+    # the parity measured is the float graphs' (the int8 graphs differ from PyTorch by their quantization)
+    return OnnxExport(Path(path), backbone_path if split else None, head_path if split else None, exported.parity)
