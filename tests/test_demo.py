@@ -106,7 +106,7 @@ def test_report_flags_a_twin_that_did_not_train(relu_top1, flagged):
     assert ('**Not trained: relu: final val top-1' in report) is flagged
     assert ('**Both twins trained' in report) is not flagged
     assert f'threshold {LEARNED_TOP1:.0f}%' in report
-    assert f'ReLU {relu_top1:.1f}%, PReLU 98.0%' in report
+    assert f'final val top-1 relu {relu_top1:.1f}%, prelu 98.0%' in report
     assert 'reproduce ablation' in report  # where the spread of such a gap is measured
 
 

@@ -257,8 +257,6 @@ def _report(cfg: DemoConfig, timer: StageTimer, results: Dict, losses: Dict, slo
         f'(`train/prelu_model_a.yaml`) except `{" ".join(cfg.schedule)}` (a short run from scratch with a fixed '
         f'step schedule shared by both twins, as in the paper\'s comparisons; digits fill the frame); '
         f'seed {cfg.seed}.', '',
-        f'Final val top-1 (train.py, epoch {cfg.epochs}): ReLU {final_top1["relu"]:.1f}%, PReLU '
-        f'{final_top1["prelu"]:.1f}% (chance: 10%).', '',
     ]
     untrained = untrained_twins(final_top1, cfg.learned_top1)
     lines += [f'**{verdict(final_top1, cfg.learned_top1)}**', '']
