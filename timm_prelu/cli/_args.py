@@ -16,7 +16,7 @@ PARAM_FLAGS = {
     'steps': '--steps', 'example_input': '--img-size', 'opset': '--opset', 'protocol': '--protocol',
     'providers': '--providers', 'flip': '--no-flip', 'crop_size': '--crop-size',
     'calibrate': '--calibrate', 'calibrate_count': '--calibrate-count', 'precision': '--precision',
-    'demo_epochs': '--epochs',
+    'demo_epochs': '--epochs', 'data': '--data', 'seeds': '--seeds',
 }
 
 

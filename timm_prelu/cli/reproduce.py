@@ -2,15 +2,17 @@
 
 depth: its depth experiment (Figures 2-3): plain 22- and 30-layer ReLU nets trained from scratch with He and with
 Xavier init; writes the loss curves (PNG, CSV) and a summary.
-ablation: its small-model comparison (Tables 1-2): ReLU vs channel-shared vs channel-wise PReLU over several seeds;
-writes the errors (mean +- sd), the learned slopes per layer, a plot and a verdict.
+ablation: its small-model comparison (Tables 1-2) on a CPU analogue of model E of He & Sun 2014: ReLU vs
+channel-shared vs channel-wise PReLU over paired seeds, on patches of real photos (or digits); writes the errors
+(mean +- sd), the paired differences with their intervals and verdicts, the final training loss, the learned slopes
+per layer and a plot.
 """
 import argparse
 
 # Defaults that differ by experiment; None on the command line means "the experiment's own".
 OUT_DEFAULTS = {'depth': 'output/depth_experiment', 'ablation': 'output/ablation'}
 DEPTH_ONLY = ('seed', 'depths', 'mode')
-ABLATION_ONLY = ('seeds', 'quick')
+ABLATION_ONLY = ('seeds', 'quick', 'data')
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,17 +24,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description='depth: train plain ReLU nets (no batch norm) of each depth from scratch on scikit-learn digits, '
                     'once with He init and once with Xavier init, with the same data, batches and SGD; write '
                     'depth_experiment.png (loss vs iteration), losses.csv and summary.md to --out. '
-                    'ablation: train the paper\'s 14-layer small model (narrow) with ReLU, channel-shared and '
-                    'channel-wise PReLU on the same data, batches and step schedule for each of --seeds; write '
-                    'ablation.png, summary.md (10-view top-1 / top-5 error mean +- sd, slopes per layer, verdict) '
-                    'and runs.csv to --out.')
+                    'ablation: train a CPU analogue of the paper\'s 14-layer small model (model E of He & Sun 2014, '
+                    'narrow) with ReLU, channel-shared and channel-wise PReLU on the same data, batches and step '
+                    'schedule for each of --seeds (paired seeds), on --data: photos (which of the photos '
+                    'scikit-image and scikit-learn ship a patch comes from; train and test patches from disjoint '
+                    'parts of each photo) or digits; write ablation.png, summary.md (10-view top-1 / top-5 error and '
+                    'final training loss, mean +- sd; paired differences with 95% t-intervals and verdicts; slopes '
+                    'per layer) and runs.csv to --out.')
     p.add_argument('experiment', choices=['depth', 'ablation'], help='the experiment to run')
     p.add_argument('--out', default=None,
                    help='output folder (default: output/depth_experiment, output/ablation)')
     p.add_argument('--overwrite', action='store_true',
                    help='replace --out if an earlier run wrote it (never a folder timm-prelu did not write)')
     p.add_argument('--steps', type=int, default=None,
-                   help=f'SGD iterations per run (default: depth {defaults.steps}, ablation {_ablation().steps})')
+                   help=f'SGD iterations per run (default: depth {defaults.steps}, ablation {_ablation().steps} on '
+                        f'photos, {_ablation(data="digits").steps} on digits)')
     p.add_argument('--seed', type=int, default=None, help='depth: seed of the weights, the data split and the batches '
                                                           '(default: 0)')
     p.add_argument('--depths', type=int, nargs='+', default=None,
@@ -42,12 +48,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--width', type=int, default=None,
                    help=f'channels of the first stage; doubled at each of the 2 pools (default: depth '
                         f'{defaults.width}, ablation {_ablation().width})')
+    p.add_argument('--data', choices=('photos', 'digits'), default=None,
+                   help='ablation: photos, which of the photos scikit-image and scikit-learn ship a patch comes from '
+                        '(train and test patches from disjoint squares of each photo), or digits, scikit-learn\'s '
+                        '8x8 digits, which every variant nearly solves (default: photos)')
     p.add_argument('--seeds', type=int, nargs='+', default=None,
-                   help='ablation: seeds, each a data split, initial weights and batches shared by the three '
-                        'variants (default: 0 1 2)')
+                   help='ablation: paired seeds, each the data, initial weights, batches and crops shared by the '
+                        f'three variants (default: {_seeds(_ablation())} on photos, '
+                        f'{_seeds(_ablation(data="digits"))} on digits)')
     p.add_argument('--quick', action='store_true',
-                   help=f'ablation: a short run of a narrower model ({_ablation(quick=True).steps} iterations), '
-                        'what CI runs')
+                   help=f'ablation: a short run of a narrower model ({_ablation(quick=True).steps} iterations, '
+                        f'seeds {_seeds(_ablation(quick=True))} on photos), what CI runs')
     p.add_argument('--mode', choices=('fan_in', 'fan_out'), default=None,
                    help="depth: n of both init rules: k^2 c ('fan_in', He's forward case) or k^2 d ('fan_out', the "
                         f"backward case) (default: {defaults.init_mode})")
@@ -103,18 +114,26 @@ def run_depth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ablation(quick: bool = False):
+def _ablation(quick: bool = False, data: str = 'photos'):
     from ..init.ablation import AblationConfig
-    return AblationConfig.quick() if quick else AblationConfig()
+    return AblationConfig.quick(data) if quick else AblationConfig.default(data)
+
+
+def _seeds(config) -> str:
+    seeds = list(config.seeds)
+    return f'{seeds[0]}-{seeds[-1]}' if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)) else \
+        ' '.join(map(str, seeds))
 
 
 def run_ablation(args: argparse.Namespace) -> int:
+    import time
     from dataclasses import replace
     from pathlib import Path
 
     import torch
     from ..errors import UserError
-    from ..init.ablation import format_summary, run_ablation as run_experiment, write_ablation
+    from ..init.ablation import run_ablation as run_experiment
+    from ..init.ablation_report import format_summary, machine_line, write_ablation
     from ..outputs import finished_output_dir
     from ._args import check_output
     check_output(args.out, '--out', overwrite=args.overwrite)
@@ -127,18 +146,21 @@ def run_ablation(args: argparse.Namespace) -> int:
         given['seeds'] = tuple(dict.fromkeys(args.seeds))
     if given.get('width', 1) < 1 or given.get('lr', 1) <= 0:
         raise UserError(f'--width must be at least 1 and --lr positive, got {args.width} and {args.lr}')
-    config = replace(_ablation(args.quick), **given)
+    config = replace(_ablation(args.quick, args.data or 'photos'), **given)
     if config.steps < 50:
         raise UserError(f'--steps {config.steps} is too few to train: use at least 50')
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
         with finished_output_dir(args.out, overwrite=args.overwrite, kind='reproduce-ablation') as work:
+            start = time.monotonic()
             runs = run_experiment(config)
-            names = {key: path.name for key, path in write_ablation(runs, work, config).items()}
+            machine = machine_line(time.monotonic() - start, args.threads)
+            written = write_ablation(runs, work, config, machine)
+            names = {key: path.name for key, path in written.items()}
     finally:
         torch.set_num_threads(threads)
-    print(format_summary(runs, config))
+    print(format_summary(runs, config, machine))
     out = Path(args.out)
     print(f'\nplot: {out / names["plot"]}\nruns: {out / names["runs"]}\nsummary: {out / names["summary"]}')
     return 0
