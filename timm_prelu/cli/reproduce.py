@@ -1,6 +1,6 @@
-"""`timm-prelu reproduce depth|ablation`: the paper's experiments at CPU scale.
+"""`timm-prelu reproduce depth|ablation`: CPU-scale analogues of the paper's experiments.
 
-depth: its depth experiment (Figures 2-3): plain 22- and 30-layer ReLU nets trained from scratch with He and with
+depth: an analogue of its depth experiment (Figures 2-3): plain 22- and 30-layer ReLU nets of 3x3 convs trained from scratch with He and with
 Xavier init; writes the loss curves (PNG, CSV) and a summary.
 ablation: its small-model comparison (Tables 1-2) on a CPU analogue of model E of He & Sun 2014: ReLU vs
 channel-shared vs channel-wise PReLU over paired seeds, on patches of real photos (or digits); writes the errors
@@ -19,9 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from ..init.depth import DepthConfig
     defaults = DepthConfig()
     p = subparsers.add_parser(
-        'reproduce', help="reproduce the paper's depth experiment (He vs Xavier init, 22 / 30 layers) or its "
+        'reproduce', help="CPU analogues of the paper's depth experiment (He vs Xavier init, 22 / 30 layers) and of its "
                           "small-model ablation (ReLU vs channel-shared vs channel-wise PReLU)",
-        description='depth: train plain ReLU nets (no batch norm) of each depth from scratch on scikit-learn digits, '
+        description='depth: train plain ReLU nets of 3x3 convs (no batch norm, not the paper\'s nets) of each depth from scratch on scikit-learn digits, '
                     'once with He init and once with Xavier init, with the same data, batches and SGD; write '
                     'depth_experiment.png (loss vs iteration), losses.csv and summary.md to --out. '
                     'ablation: train a CPU analogue of the paper\'s 14-layer small model (model E of He & Sun 2014, '

@@ -1,4 +1,4 @@
-"""The paper's small-model ablation (He et al., ICCV 2015, Tables 1 and 2) at CPU scale: the model, the data and
+"""A CPU analogue of the paper's small-model ablation (He et al., ICCV 2015, Tables 1 and 2): the model, the data and
 the training runs (the statistics and the report are in ``ablation_report``).
 
 The paper trains its 14-layer small model (model E of He & Sun 2014, *Convolutional Neural Networks at Constrained
