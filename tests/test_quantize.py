@@ -71,7 +71,7 @@ def test_int8_export_writes_integer_graphs_with_metadata(int8_export):
     out, stdout = int8_export
     assert 'on 40 image(s)' in stdout
     assert 'export: quantizing to int8, calibrated on 40 image(s)' in stdout
-    assert 'parity: max |ONNX Runtime - PyTorch| of the float graphs quantized on a random batch: backbone' in stdout
+    assert 'parity: max |ONNX Runtime - PyTorch| of the float graphs quantized on a random batch: model ' in stdout
     for name in ('a.int8.onnx', 'a.int8.backbone.onnx', 'a.int8.head.onnx'):
         info = read_metadata(out / name)
         assert info['precision'] == 'int8' and info['dtype'] == 'int8'
