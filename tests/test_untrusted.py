@@ -243,6 +243,12 @@ CRAFTED = {  # name: (edit, field named in the message)
     'in_chans': (_edit({'in_chans': 4}), 'pretrained_cfg.input_size[0]'),
     'labels short': (_edit(cfg={'label_names': ['cat']}), 'pretrained_cfg.label_names has 1 entries'),
     'labels not strings': (_edit(cfg={'label_names': list(range(10))}), 'pretrained_cfg.label_names'),
+    'labels repeat': (_edit(cfg={'label_names': ['cat'] * 2 + [f'c{i}' for i in range(8)]}), "they repeat 'cat'"),
+    'label rewrites the terminal': (_edit(cfg={'label_names': ['\x1b[2Kdog'] + [f'c{i}' for i in range(9)]}),
+                                    'U+001B'),
+    'label description with a bidi override': (
+        _edit(cfg={'label_descriptions': ['a\u202eb'] + [f'c{i}' for i in range(9)]}),
+        'pretrained_cfg.label_descriptions cannot be shown as class names'),
     'interpolation': (_edit(cfg={'interpolation': 'magic'}), 'pretrained_cfg.interpolation'),
     'split path': (_edit({'split': {'backbone': '../../etc/x.onnx', 'head': 'a.head.onnx'}}), 'split.backbone'),
     'not JSON': (_edit(raw_info='{"format": 1, "graph": '), 'not valid JSON'),

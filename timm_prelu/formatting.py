@@ -1,7 +1,22 @@
-"""Text shared by reports, tables and error messages: Markdown tables, an exception's first line, kwargs."""
+"""Text shared by reports, tables and error messages: Markdown tables, an exception's first line, kwargs, and
+text made safe to print."""
+import unicodedata
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ['markdown_table', 'first_line', 'format_kwargs']
+__all__ = ['markdown_table', 'first_line', 'format_kwargs', 'printable', 'HIDDEN_CATEGORIES']
+
+# Unicode categories of characters that change what a terminal or a table shows without being seen themselves:
+# control, format (zero-width, bidi overrides, the BOM), line and paragraph separators, surrogates, private use,
+# unassigned
+HIDDEN_CATEGORIES = frozenset({'Cc', 'Cf', 'Zl', 'Zp', 'Cs', 'Co', 'Cn'})
+
+
+def printable(text: str) -> str:
+    """``text`` with every hidden character but the newline escaped (``\\x1b``, ``\\u202e``), for a terminal."""
+    if text.isprintable():
+        return text
+    return ''.join(c if c == '\n' or unicodedata.category(c) not in HIDDEN_CATEGORIES
+                   else c.encode('unicode_escape').decode('ascii') for c in text)
 
 
 def _cell(value: Any) -> str:

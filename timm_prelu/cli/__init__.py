@@ -10,6 +10,7 @@ import sys
 from typing import List, Optional
 
 from ..errors import UserError
+from ..formatting import printable
 from ..processes import Terminated, signal_exit_code, terminate_raises
 
 __all__ = ['main', 'build_parser']
@@ -36,7 +37,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UserError as e:
         from ._args import flag_for
         flag = flag_for(e.param)
-        print(f'timm-prelu {args.command}: error: {f"{flag}: " if flag else ""}{e}', file=sys.stderr)
+        # messages may quote file names and fields of downloaded files: escaped, they cannot rewrite the terminal
+        print(f'timm-prelu {args.command}: error: {f"{flag}: " if flag else ""}{printable(str(e))}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f'timm-prelu {args.command}: interrupted', file=sys.stderr)

@@ -1,6 +1,7 @@
 """`timm-prelu eval`: ImageFolder evaluation in the layout of the paper's Tables 4, 5 and 6 (top-1 / top-5 error)."""
 import argparse
 
+from ..formatting import printable
 from ._args import check_output
 from .predict import add_predictor_args, build_predictor
 
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         for note in result.notes:
             print(f'note: {note}')
         for path, why in result.skipped[:10]:
-            print(f'skipped {path}: {why}')
+            print(printable(f'skipped {path}: {why}'))
         if ranks.distributed:
             print(result.ranks_summary())
         print(result.summary())

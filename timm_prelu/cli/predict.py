@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import List
 
 from ..errors import UserError
+from ..formatting import printable
 from ._args import add_model_source_args, resolve_from_args
 
 
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
                 loaded = load_image(path, max_pixels=max_pixels)
                 probs = predictor.predict(loaded.image)
             except ImageError as e:
-                print(f'skipped: {e}')
+                print(f'skipped: {printable(str(e))}')
                 skipped.append({'path': str(path), 'error': str(e)})
                 continue
             ranked = predictor.topk(probs, len(probs))
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             if not args.json:
                 best = '  '.join(f'{label if label is not None else i} ({p:.3f})' for i, label, p in
                                  ranked[:args.topk])
-                print(f'{path}: {best}')
+                print(printable(f'{path}: {best}'))
                 for note in loaded.notes:
                     print(f'  note: {note}')
         print(f'{len(images)} image(s) predicted, {len(skipped)} skipped')

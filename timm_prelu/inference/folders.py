@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from ..errors import DatasetError
+from ..sources.labels import label_names_problem
 
 __all__ = ['ImageFolderListing', 'walk_imagefolder', 'IMAGE_EXTENSIONS', 'DEFAULT_MAX_ENTRIES', 'DEFAULT_MAX_DEPTH']
 
@@ -191,6 +192,10 @@ def walk_imagefolder(
             classes.append((entry.name, child, (st.st_dev, st.st_ino)))
         else:
             walk.others.append(child)  # files beside the class folders belong to no class
+    problem = label_names_problem([name for name, _, _ in classes])
+    if problem:
+        raise DatasetError(f'{root_path}: the class folders cannot name classes: {problem}: rename the folder',
+                           param='data')
     class_to_idx = {name: i for i, (name, _, _) in enumerate(classes)}
     walk.real_root = os.path.realpath(root_path)
     first_of: Dict[Tuple[int, int], str] = {}

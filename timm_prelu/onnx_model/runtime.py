@@ -21,6 +21,7 @@ import numpy as np
 
 from ..formatting import first_line
 from ..errors import InputSizeError, OnnxModelError
+from ..sources.labels import label_names_problem
 
 __all__ = [
     'OnnxModel', 'OnnxModelError', 'select_providers', 'read_metadata', 'METADATA_KEY', 'PRETRAINED_CFG_KEY',
@@ -110,6 +111,10 @@ def _names(value: Any, name: str, num_classes: int) -> None:
         raise _Bad(name, 'is not a list of strings')
     if len(value) != num_classes:
         raise _Bad(name, f'has {len(value)} entries for {num_classes} classes')
+    # names are unique; descriptions may repeat (ImageNet-1k has two "crane"s)
+    problem = label_names_problem(value, unique=name.endswith('label_names'))
+    if problem:
+        raise _Bad(name, f'cannot be shown as class names: {problem}')
 
 
 def _check_fields(info: Dict[str, Any], cfg: Dict[str, Any]) -> None:

@@ -5,17 +5,42 @@ an ImageFolder whose class sub-folders, in timm's natural order, are the classes
 are bounded: a label file is small, a class listing stops at a cap, names are non-empty single lines.
 """
 import os
+import unicodedata
 from collections import Counter
 from pathlib import Path
-from typing import List, Union
+from typing import List, Optional, Sequence, Union
 
 from ..errors import ConfigError, DatasetError
+from ..formatting import HIDDEN_CATEGORIES
 
-__all__ = ['read_label_names', 'MAX_LABEL_FILE_BYTES', 'MAX_LABELS']
+__all__ = ['read_label_names', 'label_names_problem', 'MAX_LABEL_FILE_BYTES', 'MAX_LABELS']
 
 MAX_LABEL_FILE_BYTES = 4 * 1024 * 1024  # ImageNet-21k's 21843 synset names take under 0.3 MB
 MAX_LABELS = 100_000
 MAX_LABEL_CHARS = 1000
+
+
+def label_names_problem(names: Sequence[str], unique: bool = True) -> Optional[str]:
+    """Why ``names`` cannot be class names, in a few words (None when they can).
+
+    The same check for every source (label files, ImageFolder class folders, ``config.json``, ONNX metadata): each
+    name is a non-empty string of at most ``MAX_LABEL_CHARS`` characters with no character a terminal would not
+    show as itself, and (``unique``) no name repeats, since repeated names would shift or merge classes.
+    """
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            return f'class {i} has an empty name'
+        if len(name) > MAX_LABEL_CHARS:
+            return f'class {i} has a name of {len(name)} characters (at most {MAX_LABEL_CHARS})'
+        hidden = next((c for c in name if unicodedata.category(c) in HIDDEN_CATEGORIES), None)
+        if hidden is not None:
+            return (f'class {i} ({name.encode("unicode_escape").decode("ascii")[:60]}) holds the invisible '
+                    f'character U+{ord(hidden):04X} ({unicodedata.name(hidden, unicodedata.category(hidden))})')
+    if unique:
+        repeated = sorted(n for n, count in Counter(names).items() if count > 1)
+        if repeated:
+            return f'they repeat {", ".join(map(ascii, repeated[:5]))} (each class needs its own name)'
+    return None
 
 
 def read_label_names(source: Union[str, os.PathLike]) -> List[str]:
@@ -33,10 +58,10 @@ def read_label_names(source: Union[str, os.PathLike]) -> List[str]:
     else:
         raise ConfigError(f'label names: {path} is neither a file nor a folder: pass a text file with one class '
                           f'name per line, or the ImageFolder whose class folders name the classes', param='labels')
-    duplicates = sorted(n for n, count in Counter(names).items() if count > 1)
-    if duplicates:
-        raise ConfigError(f'label names in {path} repeat {", ".join(map(repr, duplicates[:5]))}: each class needs '
-                          f'its own name', param='labels')
+    problem = label_names_problem(names)
+    if problem:
+        raise ConfigError(f'label names in {path}: {problem}: fix the names (one visible, distinct name per class)',
+                          param='labels')
     return names
 
 
@@ -54,7 +79,8 @@ def _file_names(path: Path) -> List[str]:
                           f'name per line', param='labels') from e
     except OSError as e:
         raise ConfigError(f'cannot read label file {path}: {e.strerror or e}', param='labels') from e
-    lines = text.splitlines()
+    # only \n ends a line: str.splitlines() would also split at U+2028, \x1c ..., shifting every later class
+    lines = [line[:-1] if line.endswith('\r') else line for line in text.split('\n')]
     while lines and not lines[-1].strip():  # a trailing newline or blank tail is not a class
         lines.pop()
     names = [line.strip() for line in lines]

@@ -29,7 +29,7 @@ from ..formatting import first_line, format_kwargs
 from .build import build_for_weights, check_model_kwargs, check_model_name
 from .checkpoints import CHECKPOINT_SUFFIXES, TrainCheckpoint, read_checkpoint
 from .hub import CONFIG_NAME, WEIGHTS_NAME, fetch_hub_model, sha256_file, verify_safetensors
-from .labels import read_label_names
+from .labels import label_names_problem, read_label_names
 
 __all__ = ['ResolvedModel', 'Provenance', 'resolve_model', 'model_from_checkpoint', 'read_hub_config',
            'is_prelu_net', 'parse_hub_source']
@@ -135,6 +135,9 @@ def _check_label_list(names: Any, where: str) -> Optional[List[str]]:
         names = [names[k] for k in sorted(names, key=lambda k: int(k))]
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n.strip() for n in names):
         raise ModelSourceError(f'{where} records label_names that are not a list of class names', param='source')
+    problem = label_names_problem(names)
+    if problem:
+        raise ModelSourceError(f'{where} records label_names that cannot be class names: {problem}', param='source')
     return list(names)
 
 
