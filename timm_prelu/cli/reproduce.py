@@ -1,7 +1,7 @@
 """`timm-prelu reproduce depth|ablation`: CPU-scale analogues of the paper's experiments.
 
-depth: an analogue of its depth experiment (Figures 2-3): plain 22- and 30-layer ReLU nets of 3x3 convs trained from scratch with He and with
-Xavier init; writes the loss curves (PNG, CSV) and a summary.
+depth: an analogue of its depth experiment (Figures 2-3): plain 22- and 30-layer ReLU nets of 3x3 convs trained
+from scratch with He and with Xavier init; writes the loss curves (PNG, CSV) and a summary.
 ablation: its small-model comparison (Tables 1-2) on a CPU analogue of model E of He & Sun 2014: ReLU vs
 channel-shared vs channel-wise PReLU over paired seeds, on patches of real photos (or digits); writes the errors
 (mean +- sd), the paired differences with their intervals and verdicts, the final training loss, the learned slopes
@@ -19,11 +19,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from ..init.depth import DepthConfig
     defaults = DepthConfig()
     p = subparsers.add_parser(
-        'reproduce', help="CPU analogues of the paper's depth experiment (He vs Xavier init, 22 / 30 layers) and of its "
-                          "small-model ablation (ReLU vs channel-shared vs channel-wise PReLU)",
-        description='depth: train plain ReLU nets of 3x3 convs (no batch norm, not the paper\'s nets) of each depth from scratch on scikit-learn digits, '
-                    'once with He init and once with Xavier init, with the same data, batches and SGD; write '
-                    'depth_experiment.png (loss vs iteration), losses.csv and summary.md to --out. '
+        'reproduce', help="CPU analogues of the paper's depth experiment (He vs Xavier init, 22 / 30 layers) and "
+                          "of its small-model ablation (ReLU vs channel-shared vs channel-wise PReLU)",
+        description='depth: train plain ReLU nets of 3x3 convs (no batch norm, not the paper\'s nets) of each '
+                    'depth from scratch on scikit-learn digits, once with He init and once with Xavier init, with '
+                    'the same data, batches and SGD; write depth_experiment.png (loss vs iteration), losses.csv '
+                    'and summary.md to --out. '
                     'ablation: train a CPU analogue of the paper\'s 14-layer small model (model E of He & Sun 2014, '
                     'narrow) with ReLU, channel-shared and channel-wise PReLU on the same data, batches and step '
                     'schedule for each of --seeds (paired seeds), on --data: photos (which of the photos '

@@ -342,8 +342,8 @@ def export_int8(model_or_name: Any, path: Union[str, os.PathLike], calibrate: Un
         export_kwargs['ort_forms'] = False  # the plain PRelu / Gemm graph is the one that quantizes (see above)
         exported = export_onnx(model_or_name, float_path, split=split, **export_kwargs)
         with finished_output_files(targets, overwrite, inputs=[source, calibrate], param='path') as temps:
-            (export_kwargs.get('progress') or (lambda _: None))(f'quantizing to int8, calibrated on {len(images)} '
-                                                                 f'image(s)')
+            if export_kwargs.get('progress'):
+                export_kwargs['progress'](f'quantizing to int8, calibrated on {len(images)} image(s)')
             quantize_graph(exported.model, temps[0], calibrate, calibrate_count, images=images)
             if split:
                 backbone, head = split_paths(float_path)

@@ -104,15 +104,14 @@ def _numbers(value: Any, name: str, length: int, positive: bool = False) -> List
     return [float(v) for v in value]
 
 
-def _names(value: Any, name: str, num_classes: int) -> None:
+def _names(value: Any, name: str, num_classes: int, unique: bool = True) -> None:
     if value is None:
         return
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise _Bad(name, 'is not a list of strings')
     if len(value) != num_classes:
         raise _Bad(name, f'has {len(value)} entries for {num_classes} classes')
-    # names are unique; descriptions may repeat (ImageNet-1k has two "crane"s)
-    problem = label_names_problem(value, unique=name.endswith('label_names'))
+    problem = label_names_problem(value, unique=unique)
     if problem:
         raise _Bad(name, f'cannot be shown as class names: {problem}')
 
@@ -159,7 +158,8 @@ def _check_fields(info: Dict[str, Any], cfg: Dict[str, Any]) -> None:
     if 'num_classes' in cfg and cfg['num_classes'] != num_classes:
         raise _Bad('pretrained_cfg.num_classes', f'is {cfg["num_classes"]!r}, but num_classes is {num_classes}')
     _names(cfg.get('label_names'), 'pretrained_cfg.label_names', num_classes)
-    _names(cfg.get('label_descriptions'), 'pretrained_cfg.label_descriptions', num_classes)
+    # descriptions may repeat (ImageNet-1k has two "crane"s); names may not
+    _names(cfg.get('label_descriptions'), 'pretrained_cfg.label_descriptions', num_classes, unique=False)
 
 
 def _check_io(info: Dict[str, Any], inputs: Sequence[Any], outputs: Sequence[Any]) -> None:

@@ -34,6 +34,7 @@ def label_names_problem(names: Sequence[str], unique: bool = True) -> Optional[s
             return f'class {i} has a name of {len(name)} characters (at most {MAX_LABEL_CHARS})'
         hidden = next((c for c in name if unicodedata.category(c) in HIDDEN_CATEGORIES), None)
         if hidden is not None:
+            # escaped in full, newlines too (printable() keeps them): the message stays one line
             return (f'class {i} ({name.encode("unicode_escape").decode("ascii")[:60]}) holds the invisible '
                     f'character U+{ord(hidden):04X} ({unicodedata.name(hidden, unicodedata.category(hidden))})')
     if unique:
